@@ -1,0 +1,287 @@
+"""Typed job configuration: defaults in one place, presets as YAML, strict overrides.
+
+A config is built in three layers, each checked the same way:
+    dataclass defaults  <-  preset or YAML file (--config)  <-  key=value overrides
+An unknown key, a value of the wrong type or one out of range raises BadInput with one
+line that names the key and what is allowed. Presets live in job/configs/<name>.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal, Optional
+
+import yaml
+
+from job.errors import BadInput
+
+
+def _bounded(default: Any, *, min: float | None = None, max: float | None = None) -> Any:
+    """A dataclass field whose value must lie in [min, max] (checked on load)."""
+    return field(default=default, metadata={"min": min, "max": max})
+
+
+# ----------------------------------------------------------------------------- schemas
+
+
+@dataclass
+class DataConfig:
+    # Dataset to train on (torchvision name).
+    name: Literal["mnist"] = "mnist"
+    # Folder (or s3:// prefix) holding the dataset files. Defaults to $DIGITS_DATA_DIR,
+    # else ./data. torchvision downloads into it when online and the files are missing.
+    root: str = field(default_factory=lambda: os.environ.get("DIGITS_DATA_DIR", "data"))
+    # Side length images are resized to on the device; null means the model's native size.
+    image_size: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    # What is trained. Only GANs for now; the autoencoder, mean and classifier come later.
+    kind: Literal["dcgan"] = "dcgan"
+    # dcgan28: dense projection + 2 transposed convs at 28x28 (fast, MNIST-native).
+    # dcgan64: the classic pytorch/examples DCGAN at 64x64 (images resized to 64).
+    arch: Literal["dcgan28", "dcgan64"] = "dcgan28"
+    # Labels go into G (embedding concatenated to z) and D (projection head).
+    conditional: bool = True
+    # Length of the noise vector z.
+    latent_dim: int = _bounded(100, min=1, max=4096)
+    # Base channel width of the generator (ngf) and discriminator (ndf).
+    g_width: int = _bounded(64, min=4, max=1024)
+    d_width: int = _bounded(64, min=4, max=1024)
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer steps to train in total (a resumed run stops at the same step).
+    steps: int = _bounded(5000, min=1)
+    # Images per process per step (the global batch is this times the number of processes).
+    batch_size: int = _bounded(64, min=1, max=65536)
+    # Adam learning rates and betas for G and D (DCGAN paper values).
+    lr_g: float = _bounded(2e-4, min=0.0, max=1.0)
+    lr_d: float = _bounded(2e-4, min=0.0, max=1.0)
+    beta1: float = _bounded(0.5, min=0.0, max=1.0)
+    beta2: float = _bounded(0.999, min=0.0, max=1.0)
+    # Decay of the exponential moving average of G that is sampled and exported.
+    ema_decay: float = _bounded(0.999, min=0.0, max=1.0)
+    # Autocast precision. bf16 is preferred on GPUs; fp16 uses one GradScaler per
+    # optimizer. On a CPU, fp16 falls back to no (CPUs have no fast fp16).
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Keep activations channels-last (NHWC): faster convolutions on CPUs and tensor cores.
+    channels_last: bool = True
+    # Every N steps: one metrics.jsonl line, a sample grid PNG, a checkpoint.
+    log_every: int = _bounded(50, min=1)
+    sample_every: int = _bounded(500, min=1)
+    checkpoint_every: int = _bounded(1000, min=1)
+    # Complete checkpoints kept; older ones are deleted (meta.json first).
+    keep_checkpoints: int = _bounded(3, min=1)
+    # Show a tqdm progress bar on the main process.
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    # Where the run writes config, metrics, grids, checkpoints and generator.safetensors.
+    dir: str = "runs/default"
+
+
+@dataclass
+class TrainJob:
+    """`job train`: everything one training run needs."""
+
+    # Base seed; every rank derives its own streams from it. Never random by default.
+    seed: int = _bounded(0, min=0, max=2**63 - 1)
+    # auto: continue from the newest complete checkpoint in run.dir if there is one;
+    # never: start fresh (refuses a run.dir that already has checkpoints);
+    # or the path/URI of one checkpoint folder to start from.
+    resume: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def check(self) -> None:
+        native = {"dcgan28": 28, "dcgan64": 64}[self.model.arch]
+        if self.data.image_size is None:
+            self.data.image_size = native
+        elif self.data.image_size != native:
+            raise BadInput(
+                f"data.image_size={self.data.image_size} does not fit model.arch={self.model.arch} "
+                f"(which makes {native}x{native} images): set data.image_size={native} or null"
+            )
+
+
+# What each command's --config describes.
+SCHEMAS: dict[str, type] = {"train": TrainJob}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("job") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_config_source(spec: str) -> tuple[dict, str]:
+    """Return (mapping, description) for a preset name or a YAML file path."""
+    if spec.endswith((".yaml", ".yml")) or os.sep in spec:
+        if not os.path.isfile(spec):
+            raise BadInput(f"config file {spec!r} does not exist")
+        with open(spec, encoding="utf-8") as f:
+            text, where = f.read(), spec
+    else:
+        preset = resources.files("job") / "configs" / f"{spec}.yaml"
+        if not preset.is_file():
+            raise BadInput(
+                f"unknown config preset {spec!r}: choose one of {', '.join(preset_names())} "
+                "or pass a path to a .yaml file"
+            )
+        text, where = preset.read_text(encoding="utf-8"), f"preset {spec}"
+    try:
+        data = yaml.safe_load(text)  # safe_load: no Python object tags, ever
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"{where} is not valid YAML: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadInput(f"{where} must be a YAML mapping of config keys, not {type(data).__name__}")
+    return data, where
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
+    """Check (YAML values) or parse (command-line text) `value` as type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (from_text and value.lower() in ("null", "none", "~"))):
+            return None
+        last_error = None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, from_text)
+            except BadInput as e:
+                last_error = e
+        raise last_error  # type: ignore[misc]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        for choice in allowed:
+            if value == choice or (from_text and str(choice) == value):
+                return choice
+        raise BadInput(f"{key}={value!r} is not allowed: use one of {', '.join(map(str, allowed))}")
+    wrong = BadInput(f"{key}={value!r} has the wrong type: expected {_type_name(tp)}")
+    if tp is bool:
+        if from_text:
+            lowered = value.lower()
+            if lowered in ("true", "yes", "1", "on"):
+                return True
+            if lowered in ("false", "no", "0", "off"):
+                return False
+            raise wrong
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is int:
+        if from_text:
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise wrong from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong
+    if tp is float:
+        if from_text:
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise wrong
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise wrong
+    raise TypeError(f"config field {key} has unsupported type {tp!r}")  # a bug in a schema
+
+
+def _check_range(value: Any, meta: typing.Mapping, key: str) -> None:
+    lo, hi = meta.get("min"), meta.get("max")
+    if value is None or (lo is None and hi is None):
+        return
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"between {lo} and {hi}")
+        raise BadInput(f"{key}={value} is out of range: must be {bounds}")
+
+
+def _fields(obj: Any) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(obj)}
+
+
+def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool) -> None:
+    fields = _fields(obj)
+    name = path[0]
+    if name not in fields:
+        prefix = full_key[: len(full_key) - len(".".join(path))]
+        valid = ", ".join(prefix + k for k in fields)
+        raise BadInput(f"unknown config key {full_key!r}: valid keys here are {valid}")
+    f, tp = fields[name]
+    if dataclasses.is_dataclass(tp):
+        if len(path) == 1:
+            if from_text or not isinstance(value, dict):
+                sub = ", ".join(f"{full_key}.{k}" for k in _fields(getattr(obj, name)))
+                raise BadInput(f"{full_key} is a section, not a value: set one of {sub}")
+            for k, v in value.items():
+                _set(getattr(obj, name), [str(k)], v, f"{full_key}.{k}", from_text)
+            return
+        _set(getattr(obj, name), path[1:], value, full_key, from_text)
+        return
+    if len(path) > 1:
+        raise BadInput(f"unknown config key {full_key!r}: {'.'.join(full_key.split('.')[:-len(path) + 1])} is a value, not a section")
+    coerced = _coerce(value, tp, full_key, from_text)
+    _check_range(coerced, f.metadata, full_key)
+    setattr(obj, name, coerced)
+
+
+def load(command: str, config: str | None, overrides: list[str]) -> Any:
+    """Build the checked config for `command` from a preset/file and key=value overrides."""
+    cfg = SCHEMAS[command]()
+    if config is not None:
+        mapping, _ = _read_config_source(config)
+        for key, value in mapping.items():
+            _set(cfg, [str(key)], value, str(key), from_text=False)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"argument {item!r} is not key=value (example: train.steps=100)")
+        _set(cfg, key.split("."), value, key, from_text=True)
+    if hasattr(cfg, "check"):
+        cfg.check()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,52 @@
+"""Helpers shared by the scripts/bench_*.py benchmarks: data location, device name, JSON out."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench-results"
+
+
+def use_default_data_dir() -> None:
+    """Point DIGITS_DATA_DIR at ../shared/datasets/mnist when unset and present (offline machines)."""
+    shared = REPO.parent / "shared" / "datasets" / "mnist"
+    if not os.environ.get("DIGITS_DATA_DIR") and shared.is_dir():
+        os.environ["DIGITS_DATA_DIR"] = str(shared)
+
+
+def machine() -> dict:
+    import torch
+
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def device_tag() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace(" ", "-").lower()
+    return f"cpu-{os.cpu_count()}core"
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """Write bench-results/<name>-<device>.json and return its path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{device_tag()}.json"
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
