@@ -2,10 +2,12 @@
 
     accelerate launch -m job train --config quickstart run.dir=runs/quickstart
     python -m job train --config debug train.steps=10
+    python -m job data push mnist s3://bucket/datasets/mnist   # data.root=... to read elsewhere
     python -m job presets            # list the shipped presets
 
 Exit codes: 0 done; 2 bad input (one line on stderr saying what and how to fix it,
-nothing written); anything else is a fault and keeps its traceback.
+nothing written); 3 storage unreachable (one line naming the endpoint); anything else is
+a fault and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from job.errors import BadInput
+from job.errors import JobError
 
 COMMANDS = {
     "train": "train a model (dcgan, conditional or not)",
+    "data": "stage a dataset into a folder or s3:// prefix: data push mnist s3://bucket/datasets/mnist",
 }
 
 
@@ -29,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="command")
     for name, help_text in COMMANDS.items():
         c = sub.add_parser(name, help=help_text)
+        if name == "data":
+            c.add_argument("action", choices=["push"], help="push: copy the dataset files and a sha256 manifest")
+            c.add_argument("dataset", help="dataset name (mnist)")
+            c.add_argument("dest", help="destination folder or s3://bucket/prefix")
         c.add_argument("--config", default=None, help="preset name (see `presets`) or path to a YAML file")
         c.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
@@ -61,6 +68,14 @@ def _run(argv: list[str]) -> int:
         from job import train
 
         return train.main(cfg)
+    if args.command == "data":
+        from job import data
+
+        manifest = data.push(args.dataset, cfg.data.root, args.dest)
+        total = sum(f["bytes"] for f in manifest["files"].values())
+        print(f"digit-job data: pushed {args.dataset} ({len(manifest['files'])} files, {total / 1e6:.1f} MB) "
+              f"from {cfg.data.root} to {args.dest} with manifest.json")
+        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -68,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return _run(argv)
-    except BadInput as e:
+    except JobError as e:
         # One line, always: wrapped library messages can carry newlines.
         print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
-        return BadInput.exit_code
+        return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -116,8 +116,15 @@ class TrainJob:
             )
 
 
+@dataclass
+class DataJob:
+    """`job data push <name> <dest>`: where the dataset is read from (data.root)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+
+
 # What each command's --config describes.
-SCHEMAS: dict[str, type] = {"train": TrainJob}
+SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob}
 
 
 # ----------------------------------------------------------------------------- loading

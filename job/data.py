@@ -9,6 +9,7 @@ transforms in the hot loop. Batches come from a per-epoch permutation that depen
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
+from job import storage
 from job.errors import BadInput
 
 NUM_CLASSES = {"mnist": 10}
 # torchvision's file names for MNIST; a folder holding them (gzip or not) is usable as is.
+DATASET_MANIFEST = "manifest.json"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -32,6 +35,19 @@ def cache_dir() -> str:
     return os.path.join(base, "digit-job")
 
 
+def find_mnist_files(root: str) -> dict[str, str]:
+    """{idx name: local path} for the MNIST files under `root` (flat or torchvision layout,
+    gzip or not); missing files are left out."""
+    found = {}
+    for folder in (root, os.path.join(root, "MNIST", "raw")):
+        for name in MNIST_FILES:
+            for candidate in (name + ".gz", name):
+                path = os.path.join(folder, candidate)
+                if name not in found and os.path.isfile(path):
+                    found[name] = path
+    return found
+
+
 def _torchvision_root(root: str) -> str:
     """A root in torchvision's layout (<root>/MNIST/raw/<idx files>) for the files under `root`.
 
@@ -41,12 +57,7 @@ def _torchvision_root(root: str) -> str:
     """
     if os.path.isdir(os.path.join(root, "MNIST", "raw")):
         return root
-    sources = {}
-    for name in MNIST_FILES:
-        for candidate in (name, name + ".gz"):
-            if os.path.isfile(os.path.join(root, candidate)):
-                sources[name] = os.path.join(root, candidate)
-                break
+    sources = find_mnist_files(root)
     if len(sources) < len(MNIST_FILES):
         return root  # torchvision will download here when online
     stage = os.path.join(cache_dir(), "staged", os.path.abspath(root).strip("/").replace("/", "_"))
@@ -67,6 +78,56 @@ def _torchvision_root(root: str) -> str:
     return stage
 
 
+# ----------------------------------------------------------------------------- staging
+
+
+def push(name: str, root: str, dest: str) -> dict:
+    """Stage dataset `name` from local `root` (downloading it there first when online) to
+    `dest` (folder or s3:// prefix): its files, then manifest.json with their sha256 sums."""
+    if name != "mnist":
+        raise BadInput(f"data push {name!r}: only mnist can be pushed")
+    storage.check_writable(dest)
+    files = find_mnist_files(root)
+    if len(files) < len(MNIST_FILES):
+        load_split(name, root, train=True)  # downloads into root when online, else says why not
+        files = find_mnist_files(root)
+    entries = {}
+    for path in files.values():
+        filename = os.path.basename(path)
+        storage.upload_file(path, storage.join(dest, filename))
+        entries[filename] = {"sha256": storage.file_sha256(path), "bytes": os.path.getsize(path)}
+    manifest = {"format": "digit-job/dataset", "version": 1, "name": name, "files": entries}
+    storage.write_bytes(storage.join(dest, DATASET_MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def fetch(uri: str) -> str:
+    """A local, verified copy of the dataset pushed to `uri`; downloaded once per node.
+
+    Files are checked against manifest.json's sha256 on download, and a cached copy is
+    reused on the next run. Call with the dataset lock held.
+    """
+    storage.check_readable(uri)
+    manifest_uri = storage.join(uri, DATASET_MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise BadInput(f"{uri} holds no {DATASET_MANIFEST}: stage it with `python -m job data push mnist {uri}`")
+    try:
+        manifest = json.loads(storage.read_bytes(manifest_uri))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        raise BadInput(f"{manifest_uri} is not a digit-job dataset manifest") from None
+    bucket, key = storage.split_s3(uri)
+    local = os.path.join(cache_dir(), "datasets", bucket, key.strip("/"))
+    for filename, entry in files.items():
+        if "/" in filename or filename.startswith("."):
+            raise BadInput(f"{manifest_uri} names a file outside its prefix: {filename!r}")
+        path = os.path.join(local, filename)
+        if os.path.isfile(path) and storage.file_sha256(path) == entry["sha256"]:
+            continue  # cached and verified
+        storage.download_file(storage.join(uri, filename), path, sha256=entry["sha256"])
+    return local
+
+
 @dataclass
 class Split:
     images: torch.Tensor  # uint8 [N, C, H, W] at the dataset's native size
@@ -81,9 +142,10 @@ def load_split(name: str, root: str, train: bool, device: torch.device | str = "
     from torchvision.datasets import MNIST  # heavy import, only when data is needed
 
     os.makedirs(cache_dir(), exist_ok=True)
-    # Several ranks on one node must not extract or download the same files at once.
+    # Several ranks on one node must not download or extract the same files at once.
     with FileLock(os.path.join(cache_dir(), "dataset.lock")):
-        tv_root = _torchvision_root(root)
+        local_root = fetch(root) if storage.is_s3(root) else root
+        tv_root = _torchvision_root(local_root)
         try:
             ds = MNIST(tv_root, train=train, download=True)
         except Exception as e:  # offline download failure, corrupt archive, ...

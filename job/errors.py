@@ -1,11 +1,22 @@
-"""The one exception type that means "the user handed us something wrong".
+"""Errors that reach the user as one line on stderr (see cli.main), by exit code.
 
-Anything raised as `BadInput` reaches the user as a single line on stderr and exit code 2
-(see cli.main). Every other exception is a fault: it keeps its traceback and exits 1.
+- BadInput (exit 2): the user handed over something wrong (config, URI, file,
+  credentials). Retrying the same command cannot help; nothing was written.
+- StorageUnreachable (exit 3): storage did not answer within the configured time. A
+  fault: a Kubernetes Job may retry it.
+Any other exception is a bug or a fault: it keeps its traceback and exits 1.
 """
 
 
-class BadInput(Exception):
-    """Bad config, URI, file or credentials. The message says what and how to fix it."""
+class JobError(Exception):
+    """An expected failure with a message that says what and how to fix it."""
 
+    exit_code = 1
+
+
+class BadInput(JobError):
     exit_code = 2
+
+
+class StorageUnreachable(JobError):
+    exit_code = 3

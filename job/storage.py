@@ -2,19 +2,29 @@
 
 Every file the job reads or writes goes through here, so the rest of the code never asks
 "is this S3?". Writes are atomic: a local write goes to a temporary name and is renamed;
-an S3 object appears whole when its PUT completes. That is what lets a checkpoint's
-meta.json, written last, mark the folder complete.
+an S3 object appears whole when its PUT (or multipart completion) succeeds. That is what
+lets a checkpoint's meta.json, written last, mark the folder complete.
+
+S3 settings come from boto3's standard chain only: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity (IRSA), AWS_MAX_ATTEMPTS (default 5),
+AWS_RETRY_MODE (default adaptive). Two knobs of ours bound the wait for a dead endpoint:
+DIGITS_S3_CONNECT_TIMEOUT (seconds, default 5) and DIGITS_S3_READ_TIMEOUT (default 60).
 
 This is the only module that imports boto3 (lazily, on the first s3:// URI).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+import threading
+from typing import Iterator
 
-from job.errors import BadInput
+from job.errors import BadInput, StorageUnreachable
+
+MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bytes; larger files go up and down in parts
 
 
 def is_s3(uri: str) -> bool:
@@ -29,11 +39,111 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def _require_local(uri: str) -> str:
-    if is_s3(uri):
-        raise BadInput(f"{uri}: s3:// URIs are not supported by this build yet")
-    return uri
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/some/key -> ("bucket", "some/key")."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise BadInput(f"{uri} has no bucket name: write s3://<bucket>/<prefix>")
+    return bucket, key
 
+
+# ----------------------------------------------------------------------------- S3 client
+
+_client = None
+_client_lock = threading.Lock()
+
+
+def _s3():
+    """The process's boto3 S3 client (thread-safe), created on first use."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(
+                retries={
+                    "mode": os.environ.get("AWS_RETRY_MODE", "adaptive"),
+                    "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "5")),
+                },
+                connect_timeout=float(os.environ.get("DIGITS_S3_CONNECT_TIMEOUT", "5")),
+                read_timeout=float(os.environ.get("DIGITS_S3_READ_TIMEOUT", "60")),
+                # Checksums on every upload; verified on download when the server sent one.
+                request_checksum_calculation="when_supported",
+                response_checksum_validation="when_supported",
+                max_pool_connections=32,
+            )
+            _client = boto3.session.Session().client("s3", config=cfg)
+        return _client
+
+
+def reset_client() -> None:
+    """Forget the cached client (tests change AWS_* variables between runs)."""
+    global _client
+    with _client_lock:
+        _client = None
+
+
+def _endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the default AWS S3 endpoint"
+
+
+class _S3Errors:
+    """Context manager translating boto errors on `uri` into one-line job errors."""
+
+    def __init__(self, uri: str, bucket_level: bool = False):
+        self.uri = uri
+        self.bucket_level = bucket_level  # a bare 404 then means "no such bucket"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            return False
+        from botocore import exceptions as bx
+
+        uri = self.uri
+        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            raise BadInput(
+                f"{uri}: no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            ) from None
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
+                            bx.ConnectionClosedError)):
+            raise StorageUnreachable(
+                f"{uri}: storage endpoint {_endpoint()} is unreachable ({type(exc).__name__}); "
+                "check AWS_ENDPOINT_URL and the network (timeouts: DIGITS_S3_CONNECT_TIMEOUT, AWS_MAX_ATTEMPTS)"
+            ) from None
+        if isinstance(exc, bx.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            bucket = split_s3(uri)[0]
+            if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and self.bucket_level):
+                raise BadInput(f"{uri}: bucket {bucket!r} does not exist at {_endpoint()}: create it first") from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden",
+                        "InvalidToken", "ExpiredToken") or status == 403:
+                raise BadInput(
+                    f"{uri}: access denied ({code or status}): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                    "or AWS_PROFILE and the bucket policy"
+                ) from None
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise BadInput(f"{uri} does not exist") from None
+            if status is not None and status >= 500:
+                raise StorageUnreachable(f"{uri}: storage at {_endpoint()} failed: {code} (HTTP {status})") from None
+            raise BadInput(f"{uri}: storage refused the request: {code} {err.get('Message', '')}") from None
+        if isinstance(exc, bx.BotoCoreError):
+            raise StorageUnreachable(f"{uri}: storage error at {_endpoint()}: {exc}") from None
+        return False
+
+
+def _missing(exc: Exception) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound")
+
+
+# ----------------------------------------------------------------------------- the API
 
 _UMASK: int | None = None
 
@@ -47,9 +157,18 @@ def _umask() -> int:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write `data` to `uri` atomically (readers see the old file or the whole new one)."""
-    path = _require_local(uri)
-    folder = os.path.dirname(os.path.abspath(path))
+    """Write `data` to `uri` atomically (readers see the old object or the whole new one)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _S3Errors(uri):
+            if len(data) >= MULTIPART_THRESHOLD:
+                import io
+
+                _s3().upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config())
+            else:
+                _s3().put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm="SHA256")
+        return
+    folder = os.path.dirname(os.path.abspath(uri))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
@@ -58,7 +177,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, uri)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -66,9 +185,13 @@ def write_bytes(uri: str, data: bytes) -> None:
 
 
 def read_bytes(uri: str) -> bytes:
-    path = _require_local(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _S3Errors(uri):
+            body = _s3().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["Body"]
+            return body.read()
     try:
-        with open(path, "rb") as f:
+        with open(uri, "rb") as f:
             return f.read()
     except FileNotFoundError:
         raise BadInput(f"{uri} does not exist") from None
@@ -79,37 +202,90 @@ def read_bytes(uri: str) -> bytes:
 
 
 def exists(uri: str) -> bool:
-    return os.path.exists(_require_local(uri))
+    """Whether a file (object) exists at `uri`."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _S3Errors(uri):
+            try:
+                _s3().head_object(Bucket=bucket, Key=key)
+            except Exception as e:  # a 404 (no such key, or no such bucket) means absent
+                if _missing(e):
+                    return False
+                raise
+        return True
+    return os.path.isfile(uri)
 
 
 def list_names(uri: str) -> list[str]:
     """Names directly under a folder/prefix (files and sub-folders), sorted; [] if absent."""
-    path = _require_local(uri)
-    if not os.path.isdir(path):
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        names = set()
+        with _S3Errors(uri):
+            for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
+                names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return sorted(n for n in names if n)
+    if not os.path.isdir(uri):
         return []
-    return sorted(n for n in os.listdir(path) if not n.startswith(".tmp-"))
+    return sorted(n for n in os.listdir(uri) if not n.startswith(".tmp-"))
+
+
+def walk_files(uri: str) -> Iterator[str]:
+    """Relative paths of every file under a folder/prefix, recursively."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        with _S3Errors(uri):
+            for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for o in page.get("Contents", []):
+                    yield o["Key"][len(prefix) :]
+        return
+    for folder, _, files in os.walk(uri):
+        for name in files:
+            if not name.startswith(".tmp-"):
+                yield os.path.relpath(os.path.join(folder, name), uri)
 
 
 def delete(uri: str) -> None:
     """Delete one file; missing is fine."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _S3Errors(uri):
+            _s3().delete_object(Bucket=bucket, Key=key)
+        return
     try:
-        os.unlink(_require_local(uri))
+        os.unlink(uri)
     except FileNotFoundError:
         pass
 
 
 def delete_tree(uri: str) -> None:
     """Delete a folder/prefix and everything under it; missing is fine."""
-    shutil.rmtree(_require_local(uri), ignore_errors=True)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        prefix = key.rstrip("/") + "/"
+        keys = [prefix + rel for rel in walk_files(uri)]
+        with _S3Errors(uri):
+            for i in range(0, len(keys), 1000):
+                _s3().delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]]})
+        return
+    shutil.rmtree(uri, ignore_errors=True)
 
 
 def check_writable(uri: str) -> None:
-    """Fail early (BadInput) if nothing could be written under folder `uri`.
+    """Fail early (BadInput / StorageUnreachable) if nothing could be written under `uri`.
 
-    Creates nothing: walks up to the nearest existing folder and checks it is a writable
-    folder, so a bad run.dir is refused before the run starts writing.
+    Writes nothing. For S3 it checks that the bucket exists and the credentials are
+    accepted; locally, that the nearest existing folder is a writable folder.
     """
-    path = os.path.abspath(_require_local(uri))
+    if is_s3(uri):
+        bucket, _ = split_s3(uri)
+        with _S3Errors(uri, bucket_level=True):
+            _s3().head_bucket(Bucket=bucket)
+        return
+    path = os.path.abspath(uri)
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -120,3 +296,66 @@ def check_writable(uri: str) -> None:
         raise BadInput(f"{uri} cannot be written: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise BadInput(f"{uri} cannot be written: no write permission on {probe}")
+
+
+def check_readable(uri: str) -> None:
+    """Fail early if the bucket behind `uri` is missing or refuses these credentials."""
+    if is_s3(uri):
+        check_writable(uri)  # the same bucket-level check
+    elif not os.path.exists(uri):
+        raise BadInput(f"{uri} does not exist")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD // 4,
+                          max_concurrency=8)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def upload_file(path: str, uri: str) -> None:
+    """Copy a local file to `uri` (multipart above MULTIPART_THRESHOLD), atomically."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with _S3Errors(uri):
+            _s3().upload_file(path, bucket, key, Config=_transfer_config(),
+                              ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    tmp = f"{uri}.tmp-{os.getpid()}"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, uri)
+
+
+def download_file(uri: str, path: str, sha256: str | None = None) -> None:
+    """Copy `uri` to a local file; with `sha256`, verify it before the file appears."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            with _S3Errors(uri):
+                _s3().download_file(bucket, key, tmp, Config=_transfer_config())
+        else:
+            try:
+                shutil.copyfile(uri, tmp)
+            except FileNotFoundError:
+                raise BadInput(f"{uri} does not exist") from None
+        if sha256 is not None and file_sha256(tmp) != sha256:
+            raise BadInput(f"{uri} does not match its sha256 in the manifest (corrupt or altered)")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+

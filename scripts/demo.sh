@@ -8,5 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source scripts/env.sh
+# accelerate exports OMP_NUM_THREADS=1 unless told otherwise: give the one process every core.
 exec .venv/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-  -m job train --config quickstart "$@"
+  --num_cpu_threads_per_process "$(nproc)" -m job train --config quickstart "$@"

@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
+sys.path.insert(0, str(REPO / "scripts"))  # s3_local: the same server helper the scripts use
 
 
 def _data_dir() -> str:
@@ -59,3 +60,42 @@ def train(run_dir: Path, *overrides: str, preset: str = "debug") -> int:
     from job.cli import main
 
     return main(["train", "--config", preset, f"run.dir={run_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real SeaweedFS S3 server on 127.0.0.1 for the whole session, stopped by its pid.
+
+    Its endpoint and credentials are put in os.environ (boto3's standard variables), so
+    in-process jobs and the processes tests start both use it.
+    """
+    import s3_local
+
+    from job import storage
+
+    folder = tmp_path_factory.mktemp("seaweedfs")
+    server = s3_local.start(folder)
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    storage.reset_client()
+    yield server
+    s3_local.stop(folder)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    storage.reset_client()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A fresh bucket for one test, named after it."""
+    import re
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + "-" + os.urandom(3).hex()
+    boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=s3_server.access_key,
+                 aws_secret_access_key=s3_server.secret_key, region_name=s3_server.region).create_bucket(Bucket=name)
+    return name
