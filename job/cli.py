@@ -2,6 +2,7 @@
 
     accelerate launch -m job train --config quickstart run.dir=runs/quickstart
     python -m job train --config debug train.steps=10
+    accelerate launch -m job sample generator=runs/quickstart/generator.safetensors count=60000 out=/data/synth
     python -m job data push mnist s3://bucket/datasets/mnist   # data.root=... to read elsewhere
     python -m job presets            # list the shipped presets
 
@@ -19,6 +20,7 @@ from job.errors import JobError
 
 COMMANDS = {
     "train": "train a model (dcgan, conditional or not)",
+    "sample": "bulk-generate labeled digits into shards: sample generator=<URI> count=N out=<URI>",
     "data": "stage a dataset into a folder or s3:// prefix: data push mnist s3://bucket/datasets/mnist",
 }
 
@@ -68,6 +70,10 @@ def _run(argv: list[str]) -> int:
         from job import train
 
         return train.main(cfg)
+    if args.command == "sample":
+        from job import sample
+
+        return sample.main(cfg)
     if args.command == "data":
         from job import data
 

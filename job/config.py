@@ -123,8 +123,63 @@ class DataJob:
     data: DataConfig = field(default_factory=DataConfig)
 
 
+@dataclass
+class SampleJob:
+    """`job sample`: bulk-generate labeled digits from a generator file into shards."""
+
+    # The generator file to sample from (<run>/generator.safetensors, local or s3://).
+    generator: str = ""
+    # Number of digits in total, over all shards.
+    count: int = _bounded(0, min=1)
+    # Folder or s3:// prefix for the shards, their records and manifest.json.
+    out: str = ""
+    # safetensors (images uint8 [N,C,H,W] + labels), webdataset (tar of png + cls), idx (MNIST gzip).
+    format: Literal["safetensors", "webdataset", "idx"] = "safetensors"
+    # Digits per shard (the last shard holds the rest). Shard i depends only on
+    # (generator, seed, i, shard_size, format), never on how many processes ran.
+    shard_size: int = _bounded(10000, min=1, max=10_000_000)
+    # balanced: each shard holds every class equally (then shuffled); uniform: i.i.d.
+    # classes; or a comma list of classes to draw from, balanced, e.g. "3,5,8".
+    labels: str = "balanced"
+    # Base seed: shard i's noise and labels are drawn from a stream seeded by (seed, i).
+    seed: int = _bounded(0, min=0, max=2**63 - 1)
+    # Digits per forward pass (a shard is generated in chunks of this many). 1024 keeps
+    # a CPU run near 1 GB; on a GPU use 8192 or more.
+    batch_size: int = _bounded(1024, min=1, max=1_000_000)
+    # Autocast for the forward pass: no (exact fp32) or bf16 (GPUs; changes the bytes).
+    precision: Literal["no", "bf16"] = "no"
+    # Threads that encode and upload shards while the device generates the next ones.
+    writers: int = _bounded(2, min=1, max=64)
+    # Shards generated but not yet written, at most (bounds memory: not `count`).
+    queue: int = _bounded(4, min=1, max=1024)
+    # Total number of workers (Kubernetes Indexed Job completions); 0 takes
+    # $DIGITS_NUM_WORKERS, else 1. This pod's index comes from $JOB_COMPLETION_INDEX.
+    workers: int = _bounded(0, min=0, max=100_000)
+    # Show a progress bar on the main process.
+    progress: bool = True
+
+    def check(self) -> None:
+        for key in ("generator", "out"):
+            if not getattr(self, key):
+                raise BadInput(f"{key} is required: sample ... generator=<run>/generator.safetensors count=N out=<URI>")
+        if self.count == 0:
+            raise BadInput("count is required and must be >= 1, e.g. count=60000")
+        if self.labels not in ("balanced", "uniform"):
+            parts = [p.strip() for p in self.labels.split(",")]
+            if not all(p.isdigit() for p in parts) or not parts:
+                raise BadInput(
+                    f"labels={self.labels!r} is not allowed: use balanced, uniform or a comma list of classes like 3,5,8"
+                )
+
+    def label_choices(self) -> list[int] | None:
+        """The classes of a comma list, or None for balanced/uniform over all classes."""
+        if self.labels in ("balanced", "uniform"):
+            return None
+        return sorted({int(p) for p in self.labels.split(",")})
+
+
 # What each command's --config describes.
-SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob}
+SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob, "sample": SampleJob}
 
 
 # ----------------------------------------------------------------------------- loading

@@ -203,17 +203,21 @@ def read_bytes(uri: str) -> bytes:
 
 def exists(uri: str) -> bool:
     """Whether a file (object) exists at `uri`."""
+    return size(uri) is not None
+
+
+def size(uri: str) -> int | None:
+    """Size in bytes of the file at `uri`, or None if there is none."""
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
             try:
-                _s3().head_object(Bucket=bucket, Key=key)
+                return int(_s3().head_object(Bucket=bucket, Key=key)["ContentLength"])
             except Exception as e:  # a 404 (no such key, or no such bucket) means absent
                 if _missing(e):
-                    return False
+                    return None
                 raise
-        return True
-    return os.path.isfile(uri)
+    return os.path.getsize(uri) if os.path.isfile(uri) else None
 
 
 def list_names(uri: str) -> list[str]:

@@ -12,6 +12,7 @@ metrics line, a sample grid PNG, a checkpoint (global main process writes, meta.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 
@@ -44,8 +45,6 @@ def resolve_resume(cfg: config.TrainJob) -> str | None:
 
 def _params_digest(*modules: torch.nn.Module) -> torch.Tensor:
     """sha256 of all parameters of `modules`, as a uint8 tensor (to gather across ranks)."""
-    import hashlib
-
     h = hashlib.sha256()
     for m in modules:
         for name, p in m.named_parameters():

@@ -75,6 +75,7 @@ class Generator28(nn.Module):
     def __init__(self, latent_dim: int = 100, width: int = 64, channels: int = 1, num_classes: int = 10):
         super().__init__()
         self.latent_dim, self.num_classes, self.image_size = latent_dim, num_classes, 28
+        self.output_shape = (channels, 28, 28)
         self.cond = _ConditionalInput(num_classes)
         w = width
         self.project = nn.Sequential(
@@ -119,6 +120,7 @@ class Generator64(nn.Module):
     def __init__(self, latent_dim: int = 100, width: int = 64, channels: int = 1, num_classes: int = 10):
         super().__init__()
         self.latent_dim, self.num_classes, self.image_size = latent_dim, num_classes, 64
+        self.output_shape = (channels, 64, 64)
         self.cond = _ConditionalInput(num_classes)
         w = width
         self.body = nn.Sequential(

@@ -1,0 +1,299 @@
+"""`job sample`: bulk-generate labeled digits from a generator file into shards.
+
+    accelerate launch -m job sample generator=runs/quickstart/generator.safetensors \
+        count=1000000 out=s3://bucket/synthetic/run1 [format=safetensors|webdataset|idx] \
+        [shard_size=10000] [labels=balanced|uniform|3,5,8] [seed=0]
+    python -m job sample --config <file.yaml> count=60000 out=/data/digits
+
+Data flow: config -> generator file (self-describing) -> plan (ceil(count / shard_size)
+shards; shard i's noise and labels come from a CPU stream seeded by (seed, i)) -> this
+worker's shards (i % workers == worker, worker = pod index * processes + rank) minus those
+already done -> generate on the device -> bounded queue -> writer threads encode, upload,
+and write the shard's record last -> manifest.json once every shard has a record.
+
+A shard is done when its record `_records/shard-000123.json` exists and its files have
+the sizes the record lists. A rerun (a restarted pod, a preempted job) skips done shards
+and completes the set without duplicates or gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from job import checkpoint, config, runtime, shards, storage
+from job.errors import BadInput
+from job.models import load_generator
+
+RECORDS = "_records"
+PLAN = "plan.json"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Plan:
+    """What the whole sampling job produces: identical for every worker, saved as plan.json."""
+
+    generator_sha256: str
+    generator_info: dict
+    count: int
+    shard_size: int
+    format: str
+    labels: str
+    seed: int
+    precision: str
+    num_classes: int
+    image_shape: list[int]  # [C, H, W]
+
+    @property
+    def num_shards(self) -> int:
+        return math.ceil(self.count / self.shard_size)
+
+    def shard_count(self, index: int) -> int:
+        return min(self.shard_size, self.count - index * self.shard_size)
+
+    @property
+    def labeled(self) -> bool:
+        return self.num_classes > 0
+
+    def choices(self) -> list[int] | None:
+        if self.labels in ("balanced", "uniform"):
+            return None
+        return sorted({int(p) for p in self.labels.split(",")})
+
+
+# ----------------------------------------------------------------------------- shard content
+
+
+def shard_inputs(plan: Plan, index: int, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z [n, latent_dim], labels [n]) of shard `index`, drawn on the CPU so that every
+    device and every number of workers sees the same numbers."""
+    gen = torch.Generator().manual_seed(runtime.stream_seed(plan.seed, index))
+    n = plan.shard_count(index)
+    if not plan.labeled:
+        labels = torch.full((n,), shards.NO_LABEL, dtype=torch.int64)
+    else:
+        classes = torch.tensor(plan.choices() or range(plan.num_classes), dtype=torch.int64)
+        if plan.labels == "uniform":
+            labels = classes[torch.randint(0, len(classes), (n,), generator=gen)]
+        else:  # balanced over all classes or over the listed ones: equal counts (+-1), shuffled
+            labels = classes.repeat(math.ceil(n / len(classes)))[:n][torch.randperm(n, generator=gen)]
+    z = torch.randn(n, latent_dim, generator=gen)
+    return z, labels
+
+
+@torch.inference_mode()
+def generate(G, z: torch.Tensor, labels: torch.Tensor, batch: int, device: torch.device, precision: str) -> torch.Tensor:
+    """uint8 [n, C, H, W] on the CPU (pinned on CUDA), generated in chunks of `batch`."""
+    pin = device.type == "cuda"
+    out = torch.empty((z.shape[0], *G.output_shape), dtype=torch.uint8, pin_memory=pin)
+    for start in range(0, z.shape[0], batch):
+        zc = z[start : start + batch].to(device, non_blocking=True)
+        yc = labels[start : start + batch].to(device, non_blocking=True) if G.num_classes else None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x = G(zc, yc)
+        pixels = x.float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+        out[start : start + batch].copy_(pixels, non_blocking=True)
+    if pin:
+        torch.cuda.current_stream(device).synchronize()
+    return out
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def record_uri(out: str, index: int) -> str:
+    return storage.join(out, RECORDS, f"shard-{index:06d}.json")
+
+
+def shard_done(out: str, index: int) -> bool:
+    """A record exists and every file it lists has the recorded size."""
+    if not storage.exists(record_uri(out, index)):
+        return False
+    try:
+        record = json.loads(storage.read_bytes(record_uri(out, index)))
+        return all(storage.size(storage.join(out, name)) == f["bytes"] for name, f in record["files"].items())
+    except (ValueError, KeyError, TypeError):
+        return False  # a torn or foreign record: the shard is made again
+
+
+def write_shard(out: str, plan: Plan, index: int, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Encode and store one shard, then its record (last: the record marks it done)."""
+    files = shards.encode(plan.format, index, images, labels, plan.labeled)
+    for name, data in files.items():
+        storage.write_bytes(storage.join(out, name), data)
+    histogram = torch.bincount(labels[labels >= 0], minlength=plan.num_classes).tolist() if plan.labeled else []
+    record = {
+        "index": index,
+        "count": int(labels.shape[0]),
+        "seed": runtime.stream_seed(plan.seed, index),
+        "files": {name: {"sha256": checkpoint.sha256(data), "bytes": len(data)} for name, data in files.items()},
+        "label_histogram": histogram,
+    }
+    storage.write_bytes(record_uri(out, index), json.dumps(record, indent=1).encode())
+    return record
+
+
+def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> dict | None:
+    """Write manifest.json when every shard has a record; return it (or None if not yet)."""
+    names = set(storage.list_names(storage.join(out, RECORDS)))
+    wanted = [f"shard-{i:06d}.json" for i in range(plan.num_shards)]
+    if not all(n in names for n in wanted):
+        return None
+    records = [json.loads(storage.read_bytes(storage.join(out, RECORDS, n))) for n in wanted]
+    histogram = [sum(r["label_histogram"][c] for r in records) for c in range(plan.num_classes)]
+    manifest = {
+        "format": "digit-job/samples",
+        "version": 1,
+        "shard_format": plan.format,
+        "count": sum(r["count"] for r in records),
+        "num_shards": plan.num_shards,
+        "shard_size": plan.shard_size,
+        "labeled": plan.labeled,
+        "labels": plan.labels if plan.labeled else "none (unconditional generator: label -1)",
+        "label_histogram": histogram,
+        "base_seed": plan.seed,
+        "image_shape": plan.image_shape,
+        "generator": {"uri": cfg.generator, "sha256": plan.generator_sha256, **plan.generator_info},
+        "config": config.to_dict(cfg),
+        "shards": records,
+    }
+    storage.write_bytes(storage.join(out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _pods(cfg: config.SampleJob) -> tuple[int, int]:
+    """(this pod's index, number of pods): config `workers`, else $DIGITS_NUM_WORKERS, else 1;
+    the index is the Indexed Job's $JOB_COMPLETION_INDEX (0 outside Kubernetes)."""
+    try:
+        pods = cfg.workers or int(os.environ.get("DIGITS_NUM_WORKERS", "1"))
+        pod = int(os.environ.get("JOB_COMPLETION_INDEX", "0"))
+    except ValueError:
+        raise BadInput("DIGITS_NUM_WORKERS and JOB_COMPLETION_INDEX must be whole numbers") from None
+    if not 0 <= pod < pods:
+        raise BadInput(f"JOB_COMPLETION_INDEX={pod} is outside 0..{pods - 1}: set workers= to the Job's completions")
+    return pod, pods
+
+
+def _check_plan(out: str, plan: Plan) -> None:
+    """Refuse to mix shards of different jobs under one prefix; record the plan otherwise."""
+    uri = storage.join(out, RECORDS, PLAN)
+    if storage.exists(uri):
+        saved = json.loads(storage.read_bytes(uri))
+        mine = asdict(plan)
+        diff = [k for k in mine if saved.get(k) != mine[k]]
+        if diff:
+            raise BadInput(
+                f"{out} already holds shards of a different sampling job ({', '.join(diff)} differ): "
+                "use a new out= or the same settings"
+            )
+
+
+class _Writers:
+    """Writer threads fed by a bounded queue; the first error is re-raised in the caller."""
+
+    def __init__(self, n: int, size: int, work):
+        self.queue: queue.Queue = queue.Queue(maxsize=size)
+        self.error: BaseException | None = None
+        self.work = work
+        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _loop(self) -> None:
+        while True:
+            item = self.queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    self.work(*item)
+            except BaseException as e:  # noqa: BLE001 (handed to the main thread)
+                self.error = e
+            finally:
+                self.queue.task_done()
+
+    def put(self, item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(item)
+
+    def close(self) -> None:
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
+        if self.error is not None:
+            raise self.error
+
+
+def main(cfg: config.SampleJob) -> int:
+    # Everything that can reject the input happens before anything is written.
+    G, info, raw = load_generator(cfg.generator)
+    storage.check_writable(cfg.out)
+    if cfg.label_choices() is not None and (not G.num_classes or max(cfg.label_choices()) >= G.num_classes):
+        raise BadInput(f"labels={cfg.labels} asks for classes this generator does not have "
+                       f"(it has {G.num_classes or 'no'} classes)")
+    plan = Plan(
+        generator_sha256=checkpoint.sha256(raw), generator_info=info, count=cfg.count, shard_size=cfg.shard_size,
+        format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=cfg.precision,
+        num_classes=G.num_classes, image_shape=list(G.output_shape),
+    )
+    _check_plan(cfg.out, plan)
+    pod, pods = _pods(cfg)
+
+    acc, _, _ = runtime.make_accelerator("no")
+    device = acc.device
+    G = G.to(device)
+    # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
+    worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
+    runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, runtime.Precision(cfg.precision, device.type))}")
+    runtime.print0(acc, f"digit-job sample: {plan.count} digits in {plan.num_shards} {plan.format} shards "
+                        f"to {cfg.out} ({workers} workers)")
+    if acc.is_main_process and worker == 0 and not storage.exists(storage.join(cfg.out, RECORDS, PLAN)):
+        storage.write_bytes(storage.join(cfg.out, RECORDS, PLAN), json.dumps(asdict(plan), indent=1).encode())
+
+    mine = [i for i in range(plan.num_shards) if i % workers == worker]
+    todo = [i for i in mine if not shard_done(cfg.out, i)]
+    if len(todo) < len(mine):
+        print(f"digit-job sample: worker {worker}: {len(mine) - len(todo)} of {len(mine)} shards already done",
+              flush=True)
+
+    bar = tqdm(total=sum(plan.shard_count(i) for i in todo), disable=not (acc.is_main_process and cfg.progress),
+               desc="sample", unit="digit", unit_scale=True, dynamic_ncols=True)
+    writers = _Writers(cfg.writers, cfg.queue, lambda i, x, y: (write_shard(cfg.out, plan, i, x, y), bar.update(len(y))))
+    started = time.perf_counter()
+    try:
+        for index in todo:
+            z, labels = shard_inputs(plan, index, G.latent_dim)
+            images = generate(G, z, labels, cfg.batch_size, device, plan.precision)
+            writers.put((index, images, labels))
+    finally:
+        writers.close()
+        bar.close()
+    elapsed = time.perf_counter() - started
+    made = sum(plan.shard_count(i) for i in todo)
+    print(f"digit-job sample: worker {worker}: wrote {len(todo)} shards ({made} digits) in {elapsed:.1f}s"
+          + (f", {made / elapsed:.0f} digits/s" if made else ""), flush=True)
+
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        manifest = write_manifest_if_complete(cfg.out, plan, cfg)
+        if manifest is None:
+            print(f"digit-job sample: other workers still have shards to write; the last one writes "
+                  f"{storage.join(cfg.out, MANIFEST)}", flush=True)
+        else:
+            print(f"digit-job sample: complete: {manifest['count']} digits, manifest {storage.join(cfg.out, MANIFEST)}",
+                  flush=True)
+    return 0

@@ -1,0 +1,152 @@
+"""Sample shards: encoders, decoders and names for the three formats.
+
+- safetensors: `shard-000123.safetensors` with `images` uint8 [N, C, H, W], `labels` int64 [N]
+- webdataset:  `shard-000123.tar` with `000123_000045.png` + `000123_000045.cls` per digit
+- idx:         `shard-000123-images-idx3-ubyte.gz` (+ `shard-000123-labels-idx1-ubyte.gz`),
+               the MNIST file format that any MNIST loader reads
+
+Encoders are deterministic: the same tensors give the same bytes (tar and gzip headers
+carry no timestamps or owners), so a shard's sha256 depends only on its contents.
+Unconditional samples have label -1 (safetensors, webdataset `.cls`) and no idx label file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import tarfile
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from job.errors import BadInput
+
+FORMATS = ("safetensors", "webdataset", "idx")
+NO_LABEL = -1
+
+
+def shard_files(fmt: str, index: int, labeled: bool) -> list[str]:
+    """File names of shard `index` in format `fmt`, data file first."""
+    stem = f"shard-{index:06d}"
+    if fmt == "safetensors":
+        return [f"{stem}.safetensors"]
+    if fmt == "webdataset":
+        return [f"{stem}.tar"]
+    return [f"{stem}-images-idx3-ubyte.gz"] + ([f"{stem}-labels-idx1-ubyte.gz"] if labeled else [])
+
+
+def encode(fmt: str, index: int, images: torch.Tensor, labels: torch.Tensor, labeled: bool) -> dict[str, bytes]:
+    """{file name: bytes} for one shard. images uint8 [N, C, H, W] on CPU, labels int64 [N]."""
+    names = shard_files(fmt, index, labeled)
+    if fmt == "safetensors":
+        return {names[0]: st_save({"images": images.contiguous(), "labels": labels.contiguous()})}
+    if fmt == "webdataset":
+        return {names[0]: _encode_tar(index, images, labels)}
+    out = {names[0]: _gzip(_idx_bytes(images.numpy() if images.shape[1] > 1 else images[:, 0].numpy()))}
+    if labeled:
+        out[names[1]] = _gzip(_idx_bytes(labels.to(torch.uint8).numpy()))
+    return out
+
+
+def decode(fmt: str, files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N, C, H, W], labels int64 [N]) from a shard's {file name: bytes}."""
+    names = sorted(files)
+    if fmt == "safetensors":
+        tensors = st_load(files[names[0]])
+        return tensors["images"], tensors["labels"]
+    if fmt == "webdataset":
+        return _decode_tar(files[names[0]])
+    image_name = next(n for n in names if "-images-" in n)
+    images = torch.from_numpy(_read_idx(gzip.decompress(files[image_name])).copy())
+    if images.ndim == 3:
+        images = images[:, None]
+    label_name = next((n for n in names if "-labels-" in n), None)
+    if label_name is None:
+        labels = torch.full((images.shape[0],), NO_LABEL, dtype=torch.int64)
+    else:
+        labels = torch.from_numpy(_read_idx(gzip.decompress(files[label_name])).astype(np.int64))
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- idx
+
+
+_IDX_DTYPE_CODE = {np.dtype(np.uint8): 0x08}
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """MNIST idx: magic (0, 0, dtype code, ndim), big-endian int32 dims, then the data."""
+    header = struct.pack(">BBBB", 0, 0, _IDX_DTYPE_CODE[array.dtype], array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array).tobytes()
+
+
+def _read_idx(data: bytes) -> np.ndarray:
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise BadInput("not an idx file of unsigned bytes (wrong magic number)")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    expected = int(np.prod(dims))
+    body = data[4 + 4 * ndim :]
+    if len(body) != expected:
+        raise BadInput(f"idx file is truncated or padded: {len(body)} bytes of data for dims {dims}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _gzip(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=6, mtime=0, filename="") as f:
+        f.write(data)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- webdataset
+
+
+def _png(image: np.ndarray) -> bytes:
+    """[C, H, W] uint8 -> PNG bytes (grey or RGB)."""
+    mode_image = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    mode_image.save(buf, format="PNG", compress_level=1)  # fast; digits compress well anyway
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _encode_tar(index: int, images: torch.Tensor, labels: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    array = images.numpy()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for j in range(array.shape[0]):
+            key = f"{index:06d}_{j:06d}"
+            _add(tar, f"{key}.png", _png(array[j]))
+            _add(tar, f"{key}.cls", str(int(labels[j])).encode())
+    return buf.getvalue()
+
+
+def _decode_tar(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = {}, {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            payload = tar.extractfile(member).read()
+            if ext == "png":
+                array = np.array(Image.open(io.BytesIO(payload)))
+                images[key] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            elif ext == "cls":
+                labels[key] = int(payload)
+    keys = sorted(images)
+    return (torch.from_numpy(np.stack([images[k] for k in keys])),
+            torch.tensor([labels[k] for k in keys], dtype=torch.int64))

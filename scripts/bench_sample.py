@@ -1,0 +1,131 @@
+"""Bulk sampling throughput and memory: end to end vs the generator's bare forward pass.
+
+    .venv/bin/python scripts/bench_sample.py                       # CPU defaults, local + S3
+    .venv/bin/python scripts/bench_sample.py --count 200000 --rss-count 1000000
+
+For a 28x28 conditional generator (fresh weights: speed does not depend on them) it
+measures, with the same batch size and threads:
+  - the bare forward-pass rate (digits/s, in this process);
+  - `python -m job sample` end to end for each format to local disk, and safetensors to a
+    local SeaweedFS S3 server (digits/s from the job's own timing, peak RSS polled);
+  - one large run (--rss-count digits, default 1,000,000) for peak RSS.
+Writes bench-results/sample-<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import benchlib
+
+
+def make_generator(path: Path, width: int) -> None:
+    from job import checkpoint
+    from job.models import build_generator
+
+    kwargs = {"latent_dim": 100, "width": width, "channels": 1, "num_classes": 10}
+    G = build_generator("dcgan", "dcgan28", kwargs)
+    checkpoint.export_generator(str(path), G.state_dict(), "dcgan", "dcgan28", kwargs, step=0)
+
+
+def bare_rate(generator: Path, batch: int, seconds: float = 10.0) -> float:
+    import torch
+
+    from job.models import load_generator
+
+    G, _, _ = load_generator(str(generator))
+    z, y = torch.randn(batch, 100), torch.randint(0, 10, (batch,))
+    with torch.no_grad():
+        G(z, y)  # warm-up
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            G(z, y)
+            n += batch
+    return n / (time.perf_counter() - start)
+
+
+def run_sample(args: list[str], env: dict | None = None) -> dict:
+    """Run `python -m job sample` and return its digits/s, wall time and peak RSS."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "job", "sample", "progress=false", *args]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=benchlib.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    output = proc.stdout.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"sampling failed:\n{output}")
+    rate = float(re.search(r"([\d.]+) digits/s", output).group(1))
+    return {"digits_per_s": round(rate, 1), "wall_s": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(peak / 2**20, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--width", type=int, default=64, help="generator width (64: the cdcgan-mnist generator)")
+    p.add_argument("--count", type=int, default=20000, help="digits per format run")
+    p.add_argument("--rss-count", type=int, default=1_000_000, help="digits in the peak-RSS run (0 skips)")
+    p.add_argument("--rss-width", type=int, default=None, help="generator width for the RSS run (default --width)")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--shard-size", type=int, default=10000)
+    p.add_argument("--no-s3", action="store_true", help="skip the local S3 server run")
+    args = p.parse_args()
+    benchlib.use_default_data_dir()
+    results: dict = {"width": args.width, "batch_size": args.batch, "shard_size": args.shard_size, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        gen = tmp / "generator.safetensors"
+        make_generator(gen, args.width)
+        bare = bare_rate(gen, args.batch)
+        results["bare_forward_digits_per_s"] = round(bare, 1)
+        print(f"bare forward pass (width {args.width}, batch {args.batch}): {bare:.0f} digits/s", flush=True)
+        common = [f"generator={gen}", f"count={args.count}", f"shard_size={args.shard_size}", f"batch_size={args.batch}"]
+        for fmt in ("safetensors", "webdataset", "idx"):
+            r = run_sample([*common, f"out={tmp / fmt}", f"format={fmt}"])
+            r.update(target="local", format=fmt, count=args.count, vs_bare=round(r["digits_per_s"] / bare, 3))
+            results["runs"].append(r)
+            print(f"local {fmt:12s} {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare), "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        if not args.no_s3:
+            import s3_local
+
+            server = s3_local.start(tmp / "s3", buckets=["bench"])
+            try:
+                r = run_sample([*common, "out=s3://bench/samples", "format=safetensors"], env=server.env())
+            finally:
+                s3_local.stop(tmp / "s3")
+            r.update(target="s3 (local SeaweedFS)", format="safetensors", count=args.count,
+                     vs_bare=round(r["digits_per_s"] / bare, 3))
+            results["runs"].append(r)
+            print(f"s3    safetensors  {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare), "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        if args.rss_count:
+            width = args.rss_width or args.width
+            rss_gen = tmp / "rss-generator.safetensors"
+            make_generator(rss_gen, width)
+            r = run_sample([f"generator={rss_gen}", f"count={args.rss_count}", f"shard_size={args.shard_size}",
+                            f"batch_size={args.batch}", f"out={tmp / 'rss'}"])
+            r.update(target="local", format="safetensors", count=args.rss_count, width=width)
+            results["large_run"] = r
+            print(f"{args.rss_count} digits (width {width}): {r['digits_per_s']:.0f} digits/s, "
+                  f"{r['wall_s']:.0f}s, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+    path = benchlib.write_results("sample", results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
