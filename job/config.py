@@ -172,10 +172,14 @@ class SampleJob:
                 )
 
     def label_choices(self) -> list[int] | None:
-        """The classes of a comma list, or None for balanced/uniform over all classes."""
-        if self.labels in ("balanced", "uniform"):
-            return None
-        return sorted({int(p) for p in self.labels.split(",")})
+        return label_choices(self.labels)
+
+
+def label_choices(labels: str) -> list[int] | None:
+    """The classes of a `labels=` comma list, or None for balanced/uniform over all classes."""
+    if labels in ("balanced", "uniform"):
+        return None
+    return sorted({int(p) for p in labels.split(",")})
 
 
 # What each command's --config describes.

@@ -65,9 +65,7 @@ class Plan:
         return self.num_classes > 0
 
     def choices(self) -> list[int] | None:
-        if self.labels in ("balanced", "uniform"):
-            return None
-        return sorted({int(p) for p in self.labels.split(",")})
+        return config.label_choices(self.labels)
 
 
 # ----------------------------------------------------------------------------- shard content
