@@ -10,9 +10,9 @@ A checkpoint is a folder `<run>/checkpoints/step-00001234/` with:
 meta.json is written last, so a folder without it is incomplete and never resumed from.
 Files are verified against meta.json's sums on load. Nothing is loaded with pickle.
 
-The generator file `<run>/generator.safetensors` holds the EMA generator's weights; its
-safetensors metadata holds the architecture and constructor arguments, so it can be
-rebuilt with nothing else.
+A run also exports one model file: `<run>/generator.safetensors` (the EMA generator) or
+`<run>/classifier.safetensors`. Its safetensors metadata holds the kind, architecture and
+constructor arguments, so it can be rebuilt with nothing else.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from job.errors import BadInput
 
 CHECKPOINT_DIR = "checkpoints"
 GENERATOR_FILE = "generator.safetensors"
+CLASSIFIER_FILE = "classifier.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 FORMAT = "digit-job/checkpoint"
-GENERATOR_FORMAT = "digit-job/generator"
+MODEL_FORMAT = "digit-job/model"  # generator and classifier files alike
 
 
 def sha256(data: bytes) -> str:
@@ -216,35 +217,46 @@ def prune(run_dir: str, keep: int) -> None:
 # ------------------------------------------------------------------ generator files
 
 
-def export_generator(uri: str, state_dict: dict[str, torch.Tensor], kind: str, arch: str, kwargs: dict, step: int) -> None:
+def export_model(
+    uri: str, state_dict: dict[str, torch.Tensor], kind: str, arch: str, kwargs: dict, step: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a self-describing model file: weights plus what rebuilds the network.
+    `extra` (JSON-able) holds facts a reader may want without loading, e.g. test accuracy."""
     metadata = {
-        "format": GENERATOR_FORMAT,
+        "format": MODEL_FORMAT,
         "version": "1",
         "job_version": job.__version__,
         "kind": kind,
         "arch": arch,
         "kwargs": json.dumps(kwargs, sort_keys=True),
         "step": str(step),
+        "extra": json.dumps(extra or {}, sort_keys=True),
     }
     storage.write_bytes(uri, tensors_to_bytes(state_dict, metadata))
 
 
-def read_generator_file(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], bytes]:
-    """(state_dict, info, raw bytes) of a generator file; info has kind, arch, kwargs, step."""
+def read_model_file(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], bytes]:
+    """(state_dict, info, raw bytes) of a model file; info has kind, arch, kwargs, step, extra."""
     data = storage.read_bytes(uri)
     tensors = bytes_to_tensors(data, uri)
     header_len = int.from_bytes(data[:8], "little")
     try:
         header = json.loads(data[8 : 8 + header_len])
         metadata = header.get("__metadata__") or {}
-        if metadata.get("format") != GENERATOR_FORMAT:
-            raise ValueError("no digit-job generator metadata")
+        if metadata.get("format") != MODEL_FORMAT:
+            raise ValueError("no digit-job model metadata")
         info = {
             "kind": metadata["kind"],
             "arch": metadata["arch"],
             "kwargs": json.loads(metadata["kwargs"]),
             "step": int(metadata["step"]),
+            "extra": json.loads(metadata.get("extra", "{}")),
         }
+        if not isinstance(info["kwargs"], dict) or not isinstance(info["extra"], dict):
+            raise ValueError("kwargs and extra must be JSON objects")
     except (ValueError, KeyError, TypeError) as e:
-        raise BadInput(f"{uri} is not a digit-job generator file ({e}); pass <run>/{GENERATOR_FILE}") from None
+        raise BadInput(
+            f"{uri} is not a digit-job model file ({e}); pass <run>/{GENERATOR_FILE} or <run>/{CLASSIFIER_FILE}"
+        ) from None
     return tensors, info, data

@@ -3,6 +3,7 @@
     accelerate launch -m job train --config quickstart run.dir=runs/quickstart
     python -m job train --config debug train.steps=10
     accelerate launch -m job sample generator=runs/quickstart/generator.safetensors count=60000 out=/data/synth
+    python -m job evaluate generator=runs/quickstart/generator.safetensors [n=10000]
     python -m job data push mnist s3://bucket/datasets/mnist   # data.root=... to read elsewhere
     python -m job presets            # list the shipped presets
 
@@ -21,6 +22,7 @@ from job.errors import JobError
 COMMANDS = {
     "train": "train a model (dcgan, conditional or not)",
     "sample": "bulk-generate labeled digits into shards: sample generator=<URI> count=N out=<URI>",
+    "evaluate": "score a generator or shard set: evaluate generator=<URI> | samples=<URI> [n=10000]",
     "data": "stage a dataset into a folder or s3:// prefix: data push mnist s3://bucket/datasets/mnist",
 }
 
@@ -74,6 +76,10 @@ def _run(argv: list[str]) -> int:
         from job import sample
 
         return sample.main(cfg)
+    if args.command == "evaluate":
+        from job import evaluate
+
+        return evaluate.main(cfg)
     if args.command == "data":
         from job import data
 

@@ -42,18 +42,21 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    # What is trained. Only GANs for now; the autoencoder, mean and classifier come later.
-    kind: Literal["dcgan"] = "dcgan"
-    # dcgan28: dense projection + 2 transposed convs at 28x28 (fast, MNIST-native).
+    # What is trained: dcgan (a generator) or classifier (the evaluation network).
+    kind: Literal["dcgan", "classifier"] = "dcgan"
+    # dcgan only. dcgan28: dense projection + 2 transposed convs at 28x28 (fast, MNIST-native).
     # dcgan64: the classic pytorch/examples DCGAN at 64x64 (images resized to 64).
     arch: Literal["dcgan28", "dcgan64"] = "dcgan28"
-    # Labels go into G (embedding concatenated to z) and D (projection head).
+    # dcgan: labels go into G (embedding concatenated to z) and D (projection head).
     conditional: bool = True
     # Length of the noise vector z.
     latent_dim: int = _bounded(100, min=1, max=4096)
     # Base channel width of the generator (ngf) and discriminator (ndf).
     g_width: int = _bounded(64, min=4, max=1024)
     d_width: int = _bounded(64, min=4, max=1024)
+    # classifier: base channel width and the size of the feature layer (FID's space).
+    width: int = _bounded(32, min=4, max=1024)
+    feature_dim: int = _bounded(128, min=2, max=4096)
 
 
 @dataclass
@@ -62,7 +65,12 @@ class TrainConfig:
     steps: int = _bounded(5000, min=1)
     # Images per process per step (the global batch is this times the number of processes).
     batch_size: int = _bounded(64, min=1, max=65536)
-    # Adam learning rates and betas for G and D (DCGAN paper values).
+    # classifier: peak learning rate (warm-up, then cosine to 0), AdamW weight decay, and
+    # random affine jitter of the training images (rotation, shift, scale).
+    lr: float = _bounded(2e-3, min=0.0, max=1.0)
+    weight_decay: float = _bounded(1e-4, min=0.0, max=1.0)
+    augment: bool = True
+    # dcgan: Adam learning rates and betas for G and D (DCGAN paper values).
     lr_g: float = _bounded(2e-4, min=0.0, max=1.0)
     lr_d: float = _bounded(2e-4, min=0.0, max=1.0)
     beta1: float = _bounded(0.5, min=0.0, max=1.0)
@@ -106,13 +114,17 @@ class TrainJob:
     run: RunConfig = field(default_factory=RunConfig)
 
     def check(self) -> None:
-        native = {"dcgan28": 28, "dcgan64": 64}[self.model.arch]
+        if self.model.kind == "classifier":
+            native = 28
+        else:
+            native = {"dcgan28": 28, "dcgan64": 64}[self.model.arch]
         if self.data.image_size is None:
             self.data.image_size = native
         elif self.data.image_size != native:
             raise BadInput(
-                f"data.image_size={self.data.image_size} does not fit model.arch={self.model.arch} "
-                f"(which makes {native}x{native} images): set data.image_size={native} or null"
+                f"data.image_size={self.data.image_size} does not fit this model "
+                f"(model.kind={self.model.kind}, model.arch={self.model.arch} works at {native}x{native}): "
+                f"set data.image_size={native} or null"
             )
 
 
@@ -157,6 +169,12 @@ class SampleJob:
     workers: int = _bounded(0, min=0, max=100_000)
     # Show a progress bar on the main process.
     progress: bool = True
+    # Keep only digits the classifier recognizes as their requested class with at least
+    # this probability (0 keeps all). Rejected digits are redrawn from the shard's own
+    # stream, so counts and bytes stay exact; the manifest records the acceptance rate.
+    min_confidence: float = _bounded(0.0, min=0.0, max=1.0)
+    # The judge of min_confidence: builtin:mnist (shipped) or a classifier.safetensors URI.
+    classifier: str = "builtin:mnist"
 
     def check(self) -> None:
         for key in ("generator", "out"):
@@ -182,8 +200,52 @@ def label_choices(labels: str) -> list[int] | None:
     return sorted({int(p) for p in labels.split(",")})
 
 
+@dataclass
+class TstrConfig:
+    # Train-on-synthetic, test-on-real: digits a fresh classifier is trained on (0 skips
+    # TSTR). The real row trains the same classifier on as many real digits.
+    n: int = _bounded(10000, min=0, max=10_000_000)
+    # Passes over those digits, and the batch size (the classifier-mnist recipe otherwise).
+    epochs: float = _bounded(3.0, min=0.01, max=1000)
+    batch_size: int = _bounded(128, min=1, max=65536)
+
+
+@dataclass
+class EvaluateJob:
+    """`job evaluate`: score a generator or a shard set against real data."""
+
+    # What to score: a generator file (<run>/generator.safetensors) or a shard set folder
+    # (with manifest.json, from `job sample`). Exactly one.
+    generator: str = ""
+    samples: str = ""
+    # Digits scored for FID, IS, CAS, balance, precision/recall (and real digits compared).
+    n: int = _bounded(10000, min=20, max=1_000_000)
+    # Where report.json, report.md and grid.png go; empty: <generator's folder>/eval or
+    # <samples>/eval.
+    out: str = ""
+    # The judge: builtin:mnist (shipped with the package) or a classifier.safetensors URI.
+    classifier: str = "builtin:mnist"
+    # The real data the generator is compared to (its train split; the test split for
+    # the floor and for TSTR).
+    data: DataConfig = field(default_factory=DataConfig)
+    tstr: TstrConfig = field(default_factory=TstrConfig)
+    # Reference row: class-means (the per-class mean image of the real train split, the
+    # seed project's method) or none.
+    baseline: Literal["class-means", "none"] = "class-means"
+    # Neighbours that set the radius of each sample's ball for precision/recall.
+    k: int = _bounded(3, min=1, max=100)
+    # Seed of the generated digits (noise and labels) and of the real subsets.
+    seed: int = _bounded(0, min=0, max=2**63 - 1)
+    # Digits per forward pass.
+    batch_size: int = _bounded(1000, min=1, max=1_000_000)
+
+    def check(self) -> None:
+        if bool(self.generator) == bool(self.samples):
+            raise BadInput("pass exactly one of generator=<run>/generator.safetensors or samples=<shard folder>")
+
+
 # What each command's --config describes.
-SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob, "sample": SampleJob}
+SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob, "sample": SampleJob, "evaluate": EvaluateJob}
 
 
 # ----------------------------------------------------------------------------- loading

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from job import checkpoint, config, runtime, shards, storage
+from job import checkpoint, config, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
 
@@ -52,6 +52,8 @@ class Plan:
     precision: str
     num_classes: int
     image_shape: list[int]  # [C, H, W]
+    min_confidence: float = 0.0
+    classifier_sha256: str = ""  # the judge of min_confidence (empty when it is 0)
 
     @property
     def num_shards(self) -> int:
@@ -71,21 +73,23 @@ class Plan:
 # ----------------------------------------------------------------------------- shard content
 
 
-def shard_inputs(plan: Plan, index: int, latent_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z [n, latent_dim], labels [n]) of shard `index`, drawn on the CPU so that every
-    device and every number of workers sees the same numbers."""
-    gen = torch.Generator().manual_seed(runtime.stream_seed(plan.seed, index))
-    n = plan.shard_count(index)
-    if not plan.labeled:
-        labels = torch.full((n,), shards.NO_LABEL, dtype=torch.int64)
+def shard_stream(plan: Plan, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(runtime.stream_seed(plan.seed, index))
+
+
+def draw_inputs(n: int, latent_dim: int, num_classes: int, labels: str, gen: torch.Generator):
+    """n labels (by the `labels=` rule; NO_LABEL when num_classes is 0) then n noise vectors,
+    both from `gen`."""
+    if not num_classes:
+        y = torch.full((n,), shards.NO_LABEL, dtype=torch.int64)
     else:
-        classes = torch.tensor(plan.choices() or range(plan.num_classes), dtype=torch.int64)
-        if plan.labels == "uniform":
-            labels = classes[torch.randint(0, len(classes), (n,), generator=gen)]
+        classes = torch.tensor(config.label_choices(labels) or range(num_classes), dtype=torch.int64)
+        if labels == "uniform":
+            y = classes[torch.randint(0, len(classes), (n,), generator=gen)]
         else:  # balanced over all classes or over the listed ones: equal counts (+-1), shuffled
-            labels = classes.repeat(math.ceil(n / len(classes)))[:n][torch.randperm(n, generator=gen)]
+            y = classes.repeat(math.ceil(n / len(classes)))[:n][torch.randperm(n, generator=gen)]
     z = torch.randn(n, latent_dim, generator=gen)
-    return z, labels
+    return z, y
 
 
 @torch.inference_mode()
@@ -103,6 +107,68 @@ def generate(G, z: torch.Tensor, labels: torch.Tensor, batch: int, device: torch
     if pin:
         torch.cuda.current_stream(device).synchronize()
     return out
+
+
+class ConfidenceFilter:
+    """Accepts digits the classifier recognizes as their requested class with probability
+    >= min_confidence. Rejected digits are redrawn (see shard_digits)."""
+
+    MAX_ROUNDS = 200  # enough for a 5% acceptance rate on a 10,000-digit shard
+    PREFLIGHT_PER_CLASS = 100
+    MIN_ACCEPTANCE = 0.05
+
+    def __init__(self, classifier, min_confidence: float, batch: int, device: torch.device):
+        self.classifier, self.min_confidence, self.batch, self.device = classifier, min_confidence, batch, device
+
+    def accepts(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        probs = scoring.score(self.classifier, images, self.batch, self.device).probs
+        return probs[torch.arange(len(labels)), labels] >= self.min_confidence
+
+    def preflight(self, G, plan: Plan) -> list[float]:
+        """Acceptance rate of each class on a few digits from a separate stream; refuses
+        (before anything is written) a setting that would take too many redraws."""
+        classes = plan.choices() or list(range(plan.num_classes))
+        gen = torch.Generator().manual_seed(runtime.stream_seed(plan.seed, -1))
+        labels = torch.tensor(classes).repeat_interleave(self.PREFLIGHT_PER_CLASS)
+        z = torch.randn(len(labels), G.latent_dim, generator=gen)
+        ok = self.accepts(generate(G, z, labels, self.batch, self.device, plan.precision), labels)
+        rates = [ok[labels == c].float().mean().item() for c in classes]
+        worst = min(range(len(classes)), key=lambda i: rates[i])
+        if rates[worst] < self.MIN_ACCEPTANCE:
+            raise BadInput(
+                f"min_confidence={self.min_confidence} accepts only {100 * rates[worst]:.1f}% of this generator's "
+                f"class {classes[worst]} digits (at least {100 * self.MIN_ACCEPTANCE:.0f}% needed): lower it or "
+                "train the generator longer"
+            )
+        return rates
+
+
+@torch.inference_mode()  # generate() returns inference tensors; redraws write into them
+def shard_digits(G, plan: Plan, index: int, batch: int, device: torch.device,
+                 keep: ConfidenceFilter | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(images, labels, digits drawn) of shard `index`. With a filter, the digits it rejects
+    are redrawn round by round from the shard's own stream (same labels, new noise), so the
+    result depends only on the plan, never on timing or on the number of workers."""
+    gen = shard_stream(plan, index)
+    z, labels = draw_inputs(plan.shard_count(index), G.latent_dim, plan.num_classes, plan.labels, gen)
+    images = generate(G, z, labels, batch, device, plan.precision)
+    drawn = len(labels)
+    if keep is None:
+        return images, labels, drawn
+    pending = torch.nonzero(~keep.accepts(images, labels)).flatten()
+    for _ in range(keep.MAX_ROUNDS):
+        if len(pending) == 0:
+            return images, labels, drawn
+        z = torch.randn(len(pending), G.latent_dim, generator=gen)
+        candidates = generate(G, z, labels[pending], batch, device, plan.precision)
+        drawn += len(pending)
+        ok = keep.accepts(candidates, labels[pending])
+        images[pending[ok]] = candidates[ok]
+        pending = pending[~ok]
+    if len(pending):
+        raise BadInput(f"shard {index}: {len(pending)} digits still below min_confidence={keep.min_confidence} "
+                       f"after {keep.MAX_ROUNDS} redraws: lower it (finished shards are kept)")
+    return images, labels, drawn
 
 
 # ----------------------------------------------------------------------------- records
@@ -123,7 +189,7 @@ def shard_done(out: str, index: int) -> bool:
         return False  # a torn or foreign record: the shard is made again
 
 
-def write_shard(out: str, plan: Plan, index: int, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def write_shard(out: str, plan: Plan, index: int, images: torch.Tensor, labels: torch.Tensor, drawn: int) -> dict:
     """Encode and store one shard, then its record (last: the record marks it done)."""
     files = shards.encode(plan.format, index, images, labels, plan.labeled)
     for name, data in files.items():
@@ -135,6 +201,7 @@ def write_shard(out: str, plan: Plan, index: int, images: torch.Tensor, labels: 
         "seed": runtime.stream_seed(plan.seed, index),
         "files": {name: {"sha256": checkpoint.sha256(data), "bytes": len(data)} for name, data in files.items()},
         "label_histogram": histogram,
+        "drawn": drawn,  # digits generated to keep `count` (more than count with min_confidence)
     }
     storage.write_bytes(record_uri(out, index), json.dumps(record, indent=1).encode())
     return record
@@ -159,6 +226,9 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
         "labels": plan.labels if plan.labeled else "none (unconditional generator: label -1)",
         "label_histogram": histogram,
         "base_seed": plan.seed,
+        "min_confidence": plan.min_confidence,
+        "classifier": {"uri": cfg.classifier, "sha256": plan.classifier_sha256} if plan.min_confidence else None,
+        "acceptance_rate": sum(r["count"] for r in records) / max(1, sum(r.get("drawn", r["count"]) for r in records)),
         "image_shape": plan.image_shape,
         "generator": {"uri": cfg.generator, "sha256": plan.generator_sha256, **plan.generator_info},
         "config": config.to_dict(cfg),
@@ -169,6 +239,17 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
 
 
 # ----------------------------------------------------------------------------- the job
+
+
+def _confidence_filter(cfg: config.SampleJob, G) -> tuple[ConfidenceFilter, str]:
+    """The min_confidence filter and its classifier's sha256; refuses what cannot work."""
+    if not G.num_classes:
+        raise BadInput("min_confidence needs a conditional generator (an unconditional one has no requested class)")
+    classifier, _, raw = scoring.load_classifier(cfg.classifier)
+    if classifier.num_classes != G.num_classes or classifier.channels != G.output_shape[0]:
+        raise BadInput(f"classifier={cfg.classifier} ({classifier.num_classes} classes, {classifier.channels} channel(s)) "
+                       f"does not fit this generator ({G.num_classes} classes, {G.output_shape[0]} channel(s))")
+    return ConfidenceFilter(classifier, cfg.min_confidence, cfg.batch_size, torch.device("cpu")), checkpoint.sha256(raw)
 
 
 def _pods(cfg: config.SampleJob) -> tuple[int, int]:
@@ -243,10 +324,14 @@ def main(cfg: config.SampleJob) -> int:
     if cfg.label_choices() is not None and (not G.num_classes or max(cfg.label_choices()) >= G.num_classes):
         raise BadInput(f"labels={cfg.labels} asks for classes this generator does not have "
                        f"(it has {G.num_classes or 'no'} classes)")
+    keep, classifier_sha256 = None, ""
+    if cfg.min_confidence > 0:
+        keep, classifier_sha256 = _confidence_filter(cfg, G)
     plan = Plan(
         generator_sha256=checkpoint.sha256(raw), generator_info=info, count=cfg.count, shard_size=cfg.shard_size,
         format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=cfg.precision,
         num_classes=G.num_classes, image_shape=list(G.output_shape),
+        min_confidence=cfg.min_confidence, classifier_sha256=classifier_sha256,
     )
     _check_plan(cfg.out, plan)
     pod, pods = _pods(cfg)
@@ -254,6 +339,11 @@ def main(cfg: config.SampleJob) -> int:
     acc, _, _ = runtime.make_accelerator("no")
     device = acc.device
     G = G.to(device)
+    if keep is not None:
+        keep.classifier, keep.device = keep.classifier.to(device), device
+        rates = keep.preflight(G, plan)
+        runtime.print0(acc, f"digit-job sample: min_confidence={cfg.min_confidence} keeps about "
+                            f"{100 * sum(rates) / len(rates):.1f}% of drawn digits (worst class {100 * min(rates):.1f}%)")
     # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
     worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
     runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, runtime.Precision(cfg.precision, device.type))}")
@@ -270,13 +360,12 @@ def main(cfg: config.SampleJob) -> int:
 
     bar = tqdm(total=sum(plan.shard_count(i) for i in todo), disable=not (acc.is_main_process and cfg.progress),
                desc="sample", unit="digit", unit_scale=True, dynamic_ncols=True)
-    writers = _Writers(cfg.writers, cfg.queue, lambda i, x, y: (write_shard(cfg.out, plan, i, x, y), bar.update(len(y))))
+    writers = _Writers(cfg.writers, cfg.queue,
+                       lambda i, x, y, drawn: (write_shard(cfg.out, plan, i, x, y, drawn), bar.update(len(y))))
     started = time.perf_counter()
     try:
         for index in todo:
-            z, labels = shard_inputs(plan, index, G.latent_dim)
-            images = generate(G, z, labels, cfg.batch_size, device, plan.precision)
-            writers.put((index, images, labels))
+            writers.put((index, *shard_digits(G, plan, index, cfg.batch_size, device, keep)))
     finally:
         writers.close()
         bar.close()

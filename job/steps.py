@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +80,38 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
     for eb, b in zip(ema.buffers(), model.buffers()):
         eb.copy_(b)
+
+
+def classifier_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float,
+) -> dict[str, torch.Tensor]:
+    """One cross-entropy update at learning rate `lr` (the schedule is the caller's)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with precision.autocast():
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return {
+        "loss": loss.detach().float(),
+        "train_accuracy": (logits.detach().argmax(1) == labels).float().mean(),
+    }
+
+
+def warmup_cosine_lr(step: int, total: int, peak: float, warmup_fraction: float = 0.05) -> float:
+    """Linear warm-up to `peak` over the first steps, then cosine decay to zero.
+    A pure function of the step, so resuming needs no scheduler state."""
+    warmup = max(1, int(total * warmup_fraction))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

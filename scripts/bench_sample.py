@@ -28,11 +28,11 @@ import benchlib
 
 def make_generator(path: Path, width: int) -> None:
     from job import checkpoint
-    from job.models import build_generator
+    from job.models import build_model
 
     kwargs = {"latent_dim": 100, "width": width, "channels": 1, "num_classes": 10}
-    G = build_generator("dcgan", "dcgan28", kwargs)
-    checkpoint.export_generator(str(path), G.state_dict(), "dcgan", "dcgan28", kwargs, step=0)
+    G = build_model("dcgan", "dcgan28", kwargs)
+    checkpoint.export_model(str(path), G.state_dict(), "dcgan", "dcgan28", kwargs, step=0)
 
 
 def bare_rate(generator: Path, batch: int, seconds: float = 10.0) -> float:

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/bench_train.py                 # CPU: batch 64, a few variants
     .venv/bin/python scripts/bench_train.py --steps 200     # more steps for steadier numbers
 
-Runs job.train.Trainer in this process on real MNIST (the same code as `job train`) and
+Runs job.train's trainer in this process on real MNIST (the same code as `job train`) and
 times steps after a warm-up, from the per-step timings in metrics.jsonl. Writes
 bench-results/train-<device>.json. The reference is the pytorch/examples dcgan script
 (64x64, batch 64, MNIST) measured on the same 2-core machine at 21.8 images/s.
@@ -34,7 +34,7 @@ VARIANTS = [
 
 def measure(preset: str, overrides: list[str], batch: int, warmup: int, steps: int, extra: list[str]) -> float:
     from job import config
-    from job.train import Trainer
+    from job.train import trainer_for
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.load("train", preset, [
@@ -43,7 +43,7 @@ def measure(preset: str, overrides: list[str], batch: int, warmup: int, steps: i
             "train.progress=false", *overrides, *extra,
         ])
         with contextlib.redirect_stdout(io.StringIO()):
-            Trainer(cfg).run()
+            trainer_for(cfg).run()
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
     timed = records[warmup:]
     seconds = sum(batch / r["images_per_s"] for r in timed)

@@ -38,7 +38,7 @@ def test_data_root_defaults_to_the_environment(monkeypatch):
         (["train.mixed_precision=fp8"], "use one of no, bf16, fp16"),
         (["train=3"], "train is a section, not a value"),
         (["steps"], "is not key=value"),
-        (["model.arch=dcgan64", "data.image_size=28"], "does not fit model.arch=dcgan64"),
+        (["model.arch=dcgan64", "data.image_size=28"], "model.arch=dcgan64 works at 64x64"),
     ],
 )
 def test_bad_overrides_name_the_key_and_what_is_allowed(overrides, expected):

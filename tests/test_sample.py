@@ -233,3 +233,54 @@ def test_sampling_to_s3_writes_shards_and_manifest_and_a_rerun_uploads_nothing(g
     monkeypatch.setattr(storage, "write_bytes", lambda uri, data: (writes.append(uri), real_write(uri, data)))
     assert main(args) == 0
     assert not [w for w in writes if "shard-" in w.rsplit("/", 1)[-1]], writes
+
+
+# ----------------------------------------------------------------------------- min_confidence
+
+
+def test_min_confidence_keeps_exact_counts_of_recognized_digits_identically_on_one_and_two_processes(
+    recognizable_generator, tmp_path
+):
+    from job import scoring
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["count=450", "shard_size=200", "min_confidence=0.9"]
+    assert main(sample_args(recognizable_generator, one, *args)) == 0
+    proc = run_job(*sample_args(recognizable_generator, two, *args), launcher=accelerate_launch(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert shard_bytes(one) == shard_bytes(two)
+    manifest = json.loads((one / "manifest.json").read_text())
+    assert manifest["count"] == 450 and manifest["min_confidence"] == 0.9
+    drawn = sum(r["drawn"] for r in manifest["shards"])
+    assert drawn > 450, "this generator is not perfect: some digits must have been redrawn"
+    assert manifest["acceptance_rate"] == pytest.approx(450 / drawn)
+    assert manifest["classifier"]["sha256"]
+    images, labels = read_all(one, "safetensors")
+    assert labels.shape == (450,) and Counter(labels.tolist()) == Counter({c: 45 for c in range(10)})
+    model, _, _ = scoring.load_classifier("builtin:mnist")
+    probs = scoring.score(model, images).probs
+    assert (probs[torch.arange(450), labels] >= 0.9).all()
+
+
+def test_min_confidence_changes_nothing_for_digits_that_pass_and_is_part_of_the_plan(recognizable_generator, tmp_path):
+    out = tmp_path / "out"
+    assert main(sample_args(recognizable_generator, out, "count=100")) == 0
+    proc = run_job(*sample_args(recognizable_generator, out, "count=100", "min_confidence=0.5"))
+    assert proc.returncode == 2 and "different sampling job (min_confidence, classifier_sha256 differ)" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "gen_fixture, extra, message",
+    [
+        ("unconditional_generator", "min_confidence=0.5", "min_confidence needs a conditional generator"),
+        ("generator_file", "min_confidence=0.99", "accepts only"),
+    ],
+)
+def test_min_confidence_refuses_what_cannot_work_before_writing(gen_fixture, extra, message, request, tmp_path):
+    generator = request.getfixturevalue(gen_fixture)
+    out = tmp_path / "out"
+    proc = run_job(*sample_args(generator, out, "count=100", extra))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()

@@ -1,0 +1,287 @@
+"""`job evaluate`: score a generator or a shard set the way augmentation users care about.
+
+    python -m job evaluate generator=runs/cdcgan/generator.safetensors [n=10000] [tstr.n=60000]
+    python -m job evaluate samples=s3://bucket/synthetic/run1 out=s3://bucket/reports/run1
+
+Data flow: config -> the classifier (shipped builtin:mnist or a file) -> real train and test
+splits -> digits to score (generated with balanced labels from the generator's own seeded
+stream, or read from the shard set and checked against its manifest) -> one classifier
+pass per set -> metrics per row (quality.py) -> TSTR: a fresh classifier trained on each
+row's digits, tested on the real test split -> report.json, report.md, grid.png in `out`.
+
+Rows: the subject (generator or samples); `real`, the floor (real test digits against real
+train digits: the FID a perfect generator would get at this n; its TSTR is the same
+classifier trained on real digits); and `class-means`, the per-class mean image baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import torch
+
+from job import checkpoint, config, data, quality, runtime, sample, scoring, shards, storage
+from job.errors import BadInput
+from job.logs import grid_png
+from job.train_classifier import fit
+
+REPORT_FORMAT = "digit-job/evaluation"
+
+
+# ----------------------------------------------------------------------------- digits to score
+
+
+def generated_digits(G, n: int, seed: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """n digits from G with balanced labels (NO_LABEL when unconditional), seeded."""
+    gen = torch.Generator().manual_seed(runtime.stream_seed(seed, 0xE7A1))
+    z, labels = sample.draw_inputs(n, G.latent_dim, G.num_classes, "balanced", gen)
+    return sample.generate(G, z, labels, batch, device, "no"), labels
+
+
+def _safe_name(name: str, where: str) -> str:
+    """A manifest's file name must stay inside its folder."""
+    if not name or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or "://" in name:
+        raise BadInput(f"{where} names a file outside its folder: {name!r}")
+    return name
+
+
+def shard_set_digits(uri: str, n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Up to n digits of a complete shard set, in shard order, each file checked against
+    the manifest's sha256. Returns (images, labels, manifest)."""
+    manifest_uri = storage.join(uri, sample.MANIFEST)
+    if not storage.exists(manifest_uri):
+        raise BadInput(f"samples={uri} is not a complete shard set: no {sample.MANIFEST} (is `job sample` finished?)")
+    try:
+        manifest = json.loads(storage.read_bytes(manifest_uri))
+        fmt, records = manifest["shard_format"], manifest["shards"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"{manifest_uri} is not a digit-job manifest ({e})") from None
+    if fmt not in shards.FORMATS:
+        raise BadInput(f"{manifest_uri} names an unknown shard format {fmt!r}")
+    images, labels, have = [], [], 0
+    for record in records:
+        if have >= n:
+            break
+        files = {}
+        for name, entry in record["files"].items():
+            blob = storage.read_bytes(storage.join(uri, _safe_name(name, manifest_uri)))
+            if checkpoint.sha256(blob) != entry["sha256"]:
+                raise BadInput(f"{storage.join(uri, name)} does not match the sha256 in {manifest_uri}")
+            files[name] = blob
+        x, y = shards.decode(fmt, files)
+        images.append(x)
+        labels.append(y)
+        have += len(y)
+    if not images:
+        raise BadInput(f"samples={uri} holds no digits")
+    return torch.cat(images)[:n], torch.cat(labels)[:n], manifest
+
+
+def class_mean_digits(train: data.Split, labels: torch.Tensor) -> torch.Tensor:
+    """The per-class mean image of `train` for each label (the seed project's baseline)."""
+    means = torch.stack([train.images[train.labels == c].float().mean(0) for c in range(train.num_classes)])
+    return means.round().clamp(0, 255).to(torch.uint8)[labels]
+
+
+# ----------------------------------------------------------------------------- one row
+
+
+class Scorer:
+    """Everything a row is measured against: the classifier, the real reference features,
+    the real test split, and the settings."""
+
+    def __init__(self, cfg: config.EvaluateJob, classifier, classifier_kwargs: dict, train: data.Split,
+                 test: data.Split, device):
+        self.cfg, self.classifier, self.classifier_kwargs, self.device = cfg, classifier, classifier_kwargs, device
+        self.train, self.test = train, test
+        gen = torch.Generator().manual_seed(runtime.stream_seed(cfg.seed, 0x5EA1))
+        self.reference_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.n]
+        self.reference = self.score(train.images[self.reference_idx], "the real train split")
+
+    def score(self, images: torch.Tensor, where: str) -> scoring.Scores:
+        scoring.fits(self.classifier, images, where)
+        return scoring.score(self.classifier, images, self.cfg.batch_size, self.device)
+
+    def row(self, images: torch.Tensor, labels: torch.Tensor, tstr_images: torch.Tensor | None,
+            tstr_labels: torch.Tensor | None, where: str) -> dict:
+        cfg, k = self.cfg, self.train.num_classes
+        started = time.perf_counter()
+        scored = self.score(images, where)
+        labeled = bool((labels >= 0).all())
+        is_mean, is_std = quality.inception_score(scored.logits, seed=cfg.seed)
+        precision, recall = quality.precision_recall(self.reference.features, scored.features, cfg.k)
+        balance = quality.class_balance(scored.logits, k)
+        row = {
+            "n": int(len(labels)),
+            "fid": quality.fid(self.reference.features, scored.features),
+            "inception_score": is_mean,
+            "inception_score_std": is_std,
+            "cas": quality.class_accuracy(scored.logits, labels) if labeled else None,
+            "precision": precision,
+            "recall": recall,
+            "class_share_min": min(balance),
+            "class_share_max": max(balance),
+            "class_balance": balance,
+            "tstr": None,
+            "tstr_n": 0,
+        }
+        if tstr_images is not None and cfg.tstr.n > 0 and bool((tstr_labels >= 0).all()):
+            row["tstr"], row["tstr_n"] = self.tstr(tstr_images, tstr_labels), int(len(tstr_labels))
+        row["wall_s"] = round(time.perf_counter() - started, 1)
+        return row
+
+    def tstr(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Accuracy on the real test split of a fresh classifier trained on `images`."""
+        t = self.cfg.tstr
+        steps = max(1, math.ceil(t.epochs * len(labels) / t.batch_size))
+        model = fit(images, labels, self.classifier_kwargs, steps, batch_size=t.batch_size, seed=self.cfg.seed,
+                    device=self.device)
+        return scoring.accuracy(model, self.test.images, self.test.labels, self.cfg.batch_size)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(value, digits: int = 2, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.{digits}f}%" if percent else f"{value:.{digits}f}"
+
+
+def report_markdown(report: dict) -> str:
+    lines = [
+        f"# Evaluation of {report['subject']['uri']}",
+        "",
+        f"{report['n']} digits per row, judged by {report['classifier']['uri']} "
+        f"(test accuracy {_fmt(report['classifier'].get('test_accuracy'), 2, True)}); "
+        f"TSTR: {report['tstr']['n']} training digits, {report['tstr']['epochs']} epochs, tested on the real test split.",
+        "",
+        "| row | FID | IS | CAS | TSTR | precision | recall | class share min / max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["rows"].items():
+        lines.append(
+            f"| {name} | {_fmt(r['fid'])} | {_fmt(r['inception_score'])} | {_fmt(r['cas'], 2, True)} | "
+            f"{_fmt(r['tstr'], 2, True)} | {_fmt(r['precision'], 3)} | {_fmt(r['recall'], 3)} | "
+            f"{_fmt(r['class_share_min'], 1, True)} / {_fmt(r['class_share_max'], 1, True)} |"
+        )
+    lines += [
+        "",
+        "FID is measured in the classifier's feature space against real train digits: the `real` row "
+        "(real test digits) is the floor at this n. IS is at most the number of classes. CAS: share of "
+        "conditional samples classified as their requested label (for `real`: the classifier's accuracy). "
+        "TSTR: a fresh classifier trained only on the row's digits, tested on real ones (for `real`: trained "
+        "on real train digits). Precision: fidelity, recall: diversity (k-NN manifolds, k="
+        f"{report['k']}).",
+        "",
+        f"Device: {report['device']}; wall time {report['wall_s']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, columns: int = 10) -> bytes:
+    """One row per class (the first `columns` digits of it) when labeled, else the first 100."""
+    if bool((labels >= 0).all()):
+        picks = [torch.nonzero(labels == c).flatten()[:columns] for c in range(num_classes)]
+        images = images[torch.cat(picks)] if picks else images[:0]
+    else:
+        images = images[: columns * 10]
+    return grid_png(images.float().div(127.5).sub(1.0), nrow=columns)
+
+
+def default_out(cfg: config.EvaluateJob) -> str:
+    if cfg.out:
+        return cfg.out
+    if cfg.generator:
+        folder = cfg.generator.rstrip("/").rsplit("/", 1)[0] if "/" in cfg.generator else "."
+        return storage.join(folder, "eval")
+    return storage.join(cfg.samples, "eval")
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def main(cfg: config.EvaluateJob) -> int:
+    started = time.perf_counter()
+    # Everything that can reject the input happens before anything is written.
+    classifier, classifier_info, _ = scoring.load_classifier(cfg.classifier)
+    G = None
+    if cfg.generator:
+        from job.models import load_generator
+
+        G, info, raw = load_generator(cfg.generator)
+        subject = {"uri": cfg.generator, "kind": "generator", "sha256": checkpoint.sha256(raw), **info}
+        if G.output_shape[0] != classifier.channels:
+            raise BadInput(f"{cfg.generator} makes {G.output_shape[0]}-channel images but the classifier "
+                           f"expects {classifier.channels}: pass a classifier= trained on this dataset")
+    out = default_out(cfg)
+    storage.check_writable(out)
+    wanted = max(cfg.n, cfg.tstr.n)
+    if cfg.samples:
+        images, labels, manifest = shard_set_digits(cfg.samples, wanted)
+        subject = {"uri": cfg.samples, "kind": "samples", "count": manifest.get("count"),
+                   "generator": manifest.get("generator")}
+        if len(labels) < cfg.n:
+            raise BadInput(f"samples={cfg.samples} holds {len(labels)} digits, fewer than n={cfg.n}")
+        scoring.fits(classifier, images, f"samples={cfg.samples}")
+
+    acc, precision, _ = runtime.make_accelerator("no")
+    device = acc.device
+    if not acc.is_main_process:  # one process does the whole evaluation
+        acc.wait_for_everyone()
+        return 0
+    classifier = classifier.to(device)
+    say = lambda msg: print(f"digit-job evaluate: {msg}", flush=True)  # noqa: E731
+    say(f"{runtime.describe(acc, precision)}; writing to {out}")
+    train = data.load_split(cfg.data.name, cfg.data.root, train=True)
+    test = data.load_split(cfg.data.name, cfg.data.root, train=False)
+    if train.num_classes != classifier.num_classes:
+        raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} has {train.num_classes}")
+    if G is not None:
+        say(f"generating {wanted} digits")
+        images, labels = generated_digits(G.to(device), wanted, cfg.seed, cfg.batch_size, device)
+
+    scorer = Scorer(cfg, classifier, classifier_info["kwargs"], train, test, device)
+    rows = {}
+    name = "generator" if G is not None else "samples"
+    say(f"scoring {name}")
+    rows[name] = scorer.row(images[: cfg.n], labels[: cfg.n], images[: cfg.tstr.n], labels[: cfg.tstr.n], name)
+
+    say("scoring the real floor")
+    gen = torch.Generator().manual_seed(runtime.stream_seed(cfg.seed, 0x7E57))
+    test_idx = torch.randperm(len(test.labels), generator=gen)[: cfg.n]
+    tstr_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.tstr.n]
+    rows["real"] = scorer.row(test.images[test_idx], test.labels[test_idx], train.images[tstr_idx],
+                              train.labels[tstr_idx], "the real test split")
+    if cfg.baseline == "class-means":
+        say("scoring the class-means baseline")
+        mean_labels = sample.draw_inputs(wanted, 1, train.num_classes, "balanced",
+                                         torch.Generator().manual_seed(cfg.seed))[1]
+        means = class_mean_digits(train, mean_labels)
+        rows["class-means"] = scorer.row(means[: cfg.n], mean_labels[: cfg.n], means[: cfg.tstr.n],
+                                         mean_labels[: cfg.tstr.n], "the class means")
+
+    report = {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "subject": subject,
+        "n": cfg.n,
+        "k": cfg.k,
+        "tstr": {"n": cfg.tstr.n, "epochs": cfg.tstr.epochs, "batch_size": cfg.tstr.batch_size},
+        "classifier": {"uri": cfg.classifier, **classifier_info["extra"]},
+        "data": {"name": cfg.data.name},
+        "device": runtime.describe(acc, precision),
+        "rows": rows,
+        "config": config.to_dict(cfg),
+    }
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    storage.write_bytes(storage.join(out, "grid.png"), sample_grid(images[: cfg.n], labels[: cfg.n], train.num_classes))
+    storage.write_bytes(storage.join(out, "report.md"), report_markdown(report).encode())
+    storage.write_bytes(storage.join(out, "report.json"), json.dumps(report, indent=1).encode())
+    print(report_markdown(report), flush=True)
+    say(f"wrote {storage.join(out, 'report.json')}, report.md and grid.png")
+    acc.wait_for_everyone()
+    return 0

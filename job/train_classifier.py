@@ -1,0 +1,116 @@
+"""Classifier training: the evaluation network of `job evaluate` and `sample min_confidence=`.
+
+    accelerate launch -m job train --config classifier-mnist run.dir=runs/classifier
+
+Cross-entropy with small random affine jitter, Adam with warm-up and cosine decay (a pure
+function of the step, so resume needs no scheduler state). Test-set accuracy is logged at
+every checkpoint and stored in classifier.safetensors' metadata.
+
+`fit()` trains the same network with the same recipe in-process, without checkpoints: TSTR
+(train on synthetic, test on real) in `job evaluate` uses it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from job import checkpoint, data, runtime, scoring, storage
+from job.augment import random_affine
+from job.models import build_model
+from job.steps import classifier_step, warmup_cosine_lr
+from job.train import Trainer
+
+ARCH = "cnn"
+
+
+def classifier_kwargs(channels: int, num_classes: int, width: int, feature_dim: int, image_size: int) -> dict:
+    return {"channels": channels, "num_classes": num_classes, "width": width, "feature_dim": feature_dim,
+            "image_size": image_size}
+
+
+class ClassifierTrainer(Trainer):
+    model_file = checkpoint.CLASSIFIER_FILE
+
+    def build(self) -> None:
+        m = self.cfg.model
+        self.kwargs = classifier_kwargs(self.channels, self.dataset_classes, m.width, m.feature_dim,
+                                        self.cfg.data.image_size)
+        self.modules = {"classifier": build_model("classifier", ARCH, self.kwargs)}
+        self.trained = ["classifier"]
+        self._test = None
+        self.test_accuracy: float | None = None
+
+    def prepare(self) -> None:
+        t = self.cfg.train
+        net = self.modules["classifier"]
+        net.to(device=self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+        self.net = self.acc.prepare(net)
+        self.optimizers = {"classifier": torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)}
+        self.scalers = {"classifier": self.precision.scaler()}
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        images, labels = self.batch(step)
+        if t.augment:
+            images = random_affine(images, self.reseed_noise(step))
+            if t.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+        self.net.train()
+        out = classifier_step(self.net, self.optimizers["classifier"], self.scalers["classifier"], self.precision,
+                              images, labels, warmup_cosine_lr(step, t.steps, t.lr))
+        out["lr"] = torch.tensor(self.optimizers["classifier"].param_groups[0]["lr"])
+        return out
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        if self._test is None:
+            split = data.load_split(self.cfg.data.name, self.cfg.data.root, train=False)
+            self._test = (split.images, split.labels)
+        net = self.modules["classifier"].eval()
+        try:
+            self.test_accuracy = scoring.accuracy(net, *self._test)
+        finally:
+            net.train()
+        return {"test_accuracy": round(self.test_accuracy, 6)}
+
+    def export(self, step: int) -> None:
+        if self.test_accuracy is None:
+            self.evaluate(step)
+        net = self.modules["classifier"]
+        extra = {"dataset": self.cfg.data.name, "test_accuracy": self.test_accuracy, "seed": self.cfg.seed,
+                 "steps": step}
+        checkpoint.export_model(storage.join(self.cfg.run.dir, self.model_file), net.state_dict(),
+                                kind="classifier", arch=ARCH, kwargs=self.kwargs, step=step, extra=extra)
+
+
+def fit(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    kwargs: dict,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    augment: bool = True,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+):
+    """Train a fresh classifier on uint8 `images` [N, C, H, W] and `labels` with the
+    project's recipe, in this process. Returns the model in eval mode."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_model("classifier", ARCH, kwargs).to(device=device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    precision = runtime.Precision("no", device.type)
+    scaler = precision.scaler()
+    batches = data.EpochBatches(len(images), min(batch_size, len(images)), 0, 1, seed, "cpu")
+    noise = torch.Generator(device=device)
+    model.train()
+    for step in range(steps):
+        idx = batches.indices(step)
+        x = data.to_model_input(images[idx].to(device), kwargs["image_size"], channels_last=False)
+        if augment:
+            x = random_affine(x, noise.manual_seed(runtime.stream_seed(seed, step)))
+        x = x.contiguous(memory_format=torch.channels_last)
+        classifier_step(model, opt, scaler, precision, x, labels[idx].to(device),
+                        warmup_cosine_lr(step, steps, lr))
+    return model.eval()
