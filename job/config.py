@@ -54,6 +54,9 @@ class ModelConfig:
     # Base channel width of the generator (ngf) and discriminator (ndf).
     g_width: int = _bounded(64, min=4, max=1024)
     d_width: int = _bounded(64, min=4, max=1024)
+    # dcgan: give D a minibatch standard-deviation feature map, so it can tell a batch of
+    # look-alike digits from a varied one (counters mode dropping; unconditional models).
+    minibatch_std: bool = False
     # classifier: base channel width and the size of the feature layer (FID's space).
     width: int = _bounded(32, min=4, max=1024)
     feature_dim: int = _bounded(128, min=2, max=4096)

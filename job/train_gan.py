@@ -27,7 +27,8 @@ class GanTrainer(Trainer):
     def build(self) -> None:
         m = self.cfg.model
         self.num_classes = self.dataset_classes if m.conditional else 0
-        G, D, self.g_kwargs = build_gan(m.arch, m.latent_dim, m.g_width, m.d_width, self.channels, self.num_classes)
+        G, D, self.g_kwargs = build_gan(m.arch, m.latent_dim, m.g_width, m.d_width, self.channels, self.num_classes,
+                                        m.minibatch_std)
         ema = copy.deepcopy(G).requires_grad_(False).eval()
         self.modules = {"generator": G, "discriminator": D, "generator_ema": ema}
         self.trained = ["generator", "discriminator"]

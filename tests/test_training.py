@@ -134,3 +134,18 @@ def test_fp16_falls_back_to_fp32_on_a_cpu(tmp_path, capsys):
     assert train(tmp_path / "run", "train.mixed_precision=fp16", "train.steps=1") == 0
     out = capsys.readouterr().out
     assert "precision=no" in out and "fp16 needs a GPU" in out
+
+
+@pytest.mark.parametrize("arch", ["dcgan28", "dcgan64"])
+def test_a_discriminator_with_a_minibatch_std_feature_trains_and_sees_batch_spread(arch, tmp_path):
+    from job.models import build_gan
+
+    size = 28 if arch == "dcgan28" else 64
+    assert train(tmp_path / "run", f"model.arch={arch}", f"data.image_size={size}", "model.minibatch_std=true",
+                 "model.conditional=false", "train.steps=2", "train.batch_size=4") == 0
+    _, D, _ = build_gan(arch, 16, 8, 8, 1, 0, minibatch_std=True)
+    D.eval()
+    same = torch.randn(1, 1, size, size).repeat(8, 1, 1, 1)
+    varied = torch.randn(8, 1, size, size)
+    # The same images score differently in a batch of look-alikes than in a varied batch.
+    assert not torch.allclose(D(same)[:1], D(torch.cat([same[:1], varied[1:]]))[:1])

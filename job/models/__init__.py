@@ -23,11 +23,13 @@ BUILDERS: dict[str, dict[str, type[nn.Module]]] = {
 }
 
 
-def build_gan(arch: str, latent_dim: int, g_width: int, d_width: int, channels: int, num_classes: int):
+def build_gan(arch: str, latent_dim: int, g_width: int, d_width: int, channels: int, num_classes: int,
+              minibatch_std: bool = False):
     """(generator, discriminator, generator kwargs) for a DCGAN architecture."""
     gen_cls, disc_cls = ARCHS[arch]
     g_kwargs = {"latent_dim": latent_dim, "width": g_width, "channels": channels, "num_classes": num_classes}
-    return gen_cls(**g_kwargs), disc_cls(width=d_width, channels=channels, num_classes=num_classes), g_kwargs
+    D = disc_cls(width=d_width, channels=channels, num_classes=num_classes, minibatch_std=minibatch_std)
+    return gen_cls(**g_kwargs), D, g_kwargs
 
 
 def build_model(kind: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:

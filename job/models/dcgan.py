@@ -71,6 +71,16 @@ class _ProjectionHead(nn.Module):
         return logit
 
 
+class MinibatchStd(nn.Module):
+    """Appends one feature map: the mean over features of the batch standard deviation
+    (Karras et al. 2018). D can then see how varied a batch is, and G is pushed away from
+    drawing the same few digits (the modes an unconditional G tends to drop)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        spread = h.float().std(dim=0, unbiased=False).add(1e-8).mean().to(h.dtype)
+        return torch.cat([h, spread.expand(h.shape[0], 1, *h.shape[2:])], dim=1)
+
+
 class Generator28(nn.Module):
     def __init__(self, latent_dim: int = 100, width: int = 64, channels: int = 1, num_classes: int = 10):
         super().__init__()
@@ -99,17 +109,19 @@ class Generator28(nn.Module):
 
 
 class Discriminator28(nn.Module):
-    def __init__(self, width: int = 64, channels: int = 1, num_classes: int = 10):
+    def __init__(self, width: int = 64, channels: int = 1, num_classes: int = 10, minibatch_std: bool = False):
         super().__init__()
         w = width
+        extra = 1 if minibatch_std else 0
         self.body = nn.Sequential(
             nn.Conv2d(channels, w, 4, 2, 1),  # [B, w, 14, 14]; no norm on the first layer
             nn.LeakyReLU(0.2, True),
             nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # [B, 2w, 7, 7]
             nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, True),
-            nn.Flatten(),  # [B, 2w*49]
+            *([MinibatchStd()] if minibatch_std else []),  # [B, 2w (+1), 7, 7]
+            nn.Flatten(),  # [B, (2w + 1)*49]
         )
-        self.head = _ProjectionHead(2 * w * 7 * 7, num_classes)
+        self.head = _ProjectionHead((2 * w + extra) * 7 * 7, num_classes)
         init_dcgan_weights(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -145,9 +157,10 @@ class Generator64(nn.Module):
 
 
 class Discriminator64(nn.Module):
-    def __init__(self, width: int = 64, channels: int = 1, num_classes: int = 10):
+    def __init__(self, width: int = 64, channels: int = 1, num_classes: int = 10, minibatch_std: bool = False):
         super().__init__()
         w = width
+        self.spread = MinibatchStd() if minibatch_std else None
         self.body = nn.Sequential(
             nn.Conv2d(channels, w, 4, 2, 1, bias=False),  # [B, w, 32, 32]
             nn.LeakyReLU(0.2, True),
@@ -159,13 +172,13 @@ class Discriminator64(nn.Module):
             nn.BatchNorm2d(8 * w), nn.LeakyReLU(0.2, True),
         )
         # The classic head: one 4x4 conv to a single logit per image.
-        self.out = nn.Conv2d(8 * w, 1, 4, 1, 0, bias=False)  # [B, 1, 1, 1]
+        self.out = nn.Conv2d(8 * w + (1 if minibatch_std else 0), 1, 4, 1, 0, bias=False)  # [B, 1, 1, 1]
         self.embed = nn.Embedding(num_classes, 8 * w) if num_classes else None
         init_dcgan_weights(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.body(x)
-        logit = self.out(h).flatten()
+        logit = self.out(self.spread(h) if self.spread is not None else h).flatten()
         if self.embed is not None:
             if labels is None:
                 raise ValueError("a conditional discriminator needs labels")
