@@ -393,11 +393,25 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool) 
     setattr(obj, name, coerced)
 
 
+def _check_command(command: str, mapping: dict, where: str) -> None:
+    """A config written for another command (e.g. a train preset passed to sample) gets
+    told so, rather than 'unknown key' for its first section."""
+    mine = {f.name for f in dataclasses.fields(SCHEMAS[command])}
+    foreign = [str(k) for k in mapping if str(k) not in mine]
+    if not foreign:
+        return
+    for other, schema in SCHEMAS.items():
+        theirs = {f.name for f in dataclasses.fields(schema)}
+        if other != command and set(map(str, mapping)) <= theirs:
+            raise BadInput(f"{where} is a config for `{other}`, not `{command}` (it sets {', '.join(foreign)})")
+
+
 def load(command: str, config: str | None, overrides: list[str]) -> Any:
     """Build the checked config for `command` from a preset/file and key=value overrides."""
     cfg = SCHEMAS[command]()
     if config is not None:
-        mapping, _ = _read_config_source(config)
+        mapping, where = _read_config_source(config)
+        _check_command(command, mapping, where)
         for key, value in mapping.items():
             _set(cfg, [str(key)], value, str(key), from_text=False)
     for item in overrides:

@@ -9,8 +9,8 @@ from job import config
 from job.errors import BadInput
 
 
-@pytest.mark.parametrize("preset", ["debug", "quickstart", "dcgan-mnist", "cdcgan-mnist", "dcgan64-mnist"])
-def test_every_required_preset_loads(preset):
+@pytest.mark.parametrize("preset", config.preset_names())
+def test_every_shipped_preset_loads(preset):
     cfg = config.load("train", preset, [])
     assert cfg.train.steps > 0 and cfg.data.image_size in (28, 64)
 
@@ -94,3 +94,10 @@ def test_missing_dataset_is_bad_input_on_one_line(tmp_path):
 def test_print_config_shows_the_resolved_values():
     proc = run_job("train", "--config", "debug", "train.steps=42", "--print-config")
     assert proc.returncode == 0 and "steps: 42" in proc.stdout
+
+
+def test_a_train_preset_passed_to_another_command_is_named_as_such():
+    with pytest.raises(BadInput, match="preset debug is a config for `train`, not `sample`"):
+        config.load("sample", "debug", [])
+    with pytest.raises(BadInput, match="preset classifier-mnist is a config for `train`, not `evaluate`"):
+        config.load("evaluate", "classifier-mnist", [])
