@@ -97,8 +97,9 @@ class Scorer:
         self.cfg, self.classifier, self.classifier_kwargs, self.device = cfg, classifier, classifier_kwargs, device
         self.train, self.test = train, test
         gen = torch.Generator().manual_seed(runtime.stream_seed(cfg.seed, 0x5EA1))
-        self.reference_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.n]
-        self.reference = self.score(train.images[self.reference_idx], "the real train split")
+        reference_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.n]
+        self.reference = self.score(train.images[reference_idx], "the real train split")
+        self.reference_manifold = quality.Manifold(self.reference.features, cfg.k)  # shared by every row
 
     def score(self, images: torch.Tensor, where: str) -> scoring.Scores:
         scoring.fits(self.classifier, images, where)
@@ -111,7 +112,7 @@ class Scorer:
         scored = self.score(images, where)
         labeled = bool((labels >= 0).all())
         is_mean, is_std = quality.inception_score(scored.logits, seed=cfg.seed)
-        precision, recall = quality.precision_recall(self.reference.features, scored.features, cfg.k)
+        precision, recall = quality.precision_recall(self.reference_manifold, scored.features)
         balance = quality.class_balance(scored.logits, k)
         row = {
             "n": int(len(labels)),
@@ -258,8 +259,7 @@ def main(cfg: config.EvaluateJob) -> int:
                               train.labels[tstr_idx], "the real test split")
     if cfg.baseline == "class-means":
         say("scoring the class-means baseline")
-        mean_labels = sample.draw_inputs(wanted, 1, train.num_classes, "balanced",
-                                         torch.Generator().manual_seed(cfg.seed))[1]
+        mean_labels = sample.draw_labels(wanted, train.num_classes, "balanced", torch.Generator().manual_seed(cfg.seed))
         means = class_mean_digits(train, mean_labels)
         rows["class-means"] = scorer.row(means[: cfg.n], mean_labels[: cfg.n], means[: cfg.tstr.n],
                                          mean_labels[: cfg.tstr.n], "the class means")
@@ -279,9 +279,10 @@ def main(cfg: config.EvaluateJob) -> int:
     }
     report["wall_s"] = round(time.perf_counter() - started, 1)
     storage.write_bytes(storage.join(out, "grid.png"), sample_grid(images[: cfg.n], labels[: cfg.n], train.num_classes))
-    storage.write_bytes(storage.join(out, "report.md"), report_markdown(report).encode())
+    markdown = report_markdown(report)
+    storage.write_bytes(storage.join(out, "report.md"), markdown.encode())
     storage.write_bytes(storage.join(out, "report.json"), json.dumps(report, indent=1).encode())
-    print(report_markdown(report), flush=True)
+    print(markdown, flush=True)
     say(f"wrote {storage.join(out, 'report.json')}, report.md and grid.png")
     acc.wait_for_everyone()
     return 0

@@ -89,9 +89,20 @@ def _inside_some_ball(points: torch.Tensor, centres: torch.Tensor, radii: torch.
     return torch.cat(inside).float().mean().item()
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+class Manifold:
+    """A feature set [N, F] and the radius of each point's k-NN ball within it. Build the
+    real one once and compare every generated set with it."""
+
+    def __init__(self, features: torch.Tensor, k: int = 3):
+        self.points = features.double()
+        self.radii = _kth_neighbour_radii(self.points, k)
+        self.k = k
+
+
+def precision_recall(real: torch.Tensor | Manifold, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
     """(precision, recall) of `fake` against `real` feature sets [N, F] with k-NN balls."""
-    real, fake = real.double(), fake.double()
-    precision = _inside_some_ball(fake, real, _kth_neighbour_radii(real, k))
-    recall = _inside_some_ball(real, fake, _kth_neighbour_radii(fake, k))
+    real = real if isinstance(real, Manifold) else Manifold(real, k)
+    fake = Manifold(fake, real.k)
+    precision = _inside_some_ball(fake.points, real.points, real.radii)
+    recall = _inside_some_ball(real.points, fake.points, fake.radii)
     return precision, recall

@@ -77,19 +77,21 @@ def shard_stream(plan: Plan, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(runtime.stream_seed(plan.seed, index))
 
 
-def draw_inputs(n: int, latent_dim: int, num_classes: int, labels: str, gen: torch.Generator):
-    """n labels (by the `labels=` rule; NO_LABEL when num_classes is 0) then n noise vectors,
-    both from `gen`."""
+def draw_labels(n: int, num_classes: int, labels: str, gen: torch.Generator) -> torch.Tensor:
+    """n labels by the `labels=` rule (NO_LABEL when num_classes is 0), drawn from `gen`."""
     if not num_classes:
-        y = torch.full((n,), shards.NO_LABEL, dtype=torch.int64)
-    else:
-        classes = torch.tensor(config.label_choices(labels) or range(num_classes), dtype=torch.int64)
-        if labels == "uniform":
-            y = classes[torch.randint(0, len(classes), (n,), generator=gen)]
-        else:  # balanced over all classes or over the listed ones: equal counts (+-1), shuffled
-            y = classes.repeat(math.ceil(n / len(classes)))[:n][torch.randperm(n, generator=gen)]
-    z = torch.randn(n, latent_dim, generator=gen)
-    return z, y
+        return torch.full((n,), shards.NO_LABEL, dtype=torch.int64)
+    classes = torch.tensor(config.label_choices(labels) or range(num_classes), dtype=torch.int64)
+    if labels == "uniform":
+        return classes[torch.randint(0, len(classes), (n,), generator=gen)]
+    # balanced over all classes or over the listed ones: equal counts (+-1), shuffled
+    return classes.repeat(math.ceil(n / len(classes)))[:n][torch.randperm(n, generator=gen)]
+
+
+def draw_inputs(n: int, latent_dim: int, num_classes: int, labels: str, gen: torch.Generator):
+    """(z [n, latent_dim], labels [n]): the labels first, then the noise, both from `gen`."""
+    y = draw_labels(n, num_classes, labels, gen)
+    return torch.randn(n, latent_dim, generator=gen), y
 
 
 @torch.inference_mode()
@@ -241,15 +243,15 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
 # ----------------------------------------------------------------------------- the job
 
 
-def _confidence_filter(cfg: config.SampleJob, G) -> tuple[ConfidenceFilter, str]:
-    """The min_confidence filter and its classifier's sha256; refuses what cannot work."""
+def _confidence_classifier(cfg: config.SampleJob, G) -> tuple[torch.nn.Module, str]:
+    """The judge of min_confidence and its file's sha256; refuses what cannot work."""
     if not G.num_classes:
         raise BadInput("min_confidence needs a conditional generator (an unconditional one has no requested class)")
     classifier, _, raw = scoring.load_classifier(cfg.classifier)
     if classifier.num_classes != G.num_classes or classifier.channels != G.output_shape[0]:
         raise BadInput(f"classifier={cfg.classifier} ({classifier.num_classes} classes, {classifier.channels} channel(s)) "
                        f"does not fit this generator ({G.num_classes} classes, {G.output_shape[0]} channel(s))")
-    return ConfidenceFilter(classifier, cfg.min_confidence, cfg.batch_size, torch.device("cpu")), checkpoint.sha256(raw)
+    return classifier, checkpoint.sha256(raw)
 
 
 def _pods(cfg: config.SampleJob) -> tuple[int, int]:
@@ -265,18 +267,21 @@ def _pods(cfg: config.SampleJob) -> tuple[int, int]:
     return pod, pods
 
 
-def _check_plan(out: str, plan: Plan) -> None:
-    """Refuse to mix shards of different jobs under one prefix; record the plan otherwise."""
+def _check_plan(out: str, plan: Plan) -> bool:
+    """Refuse to mix shards of different jobs under one prefix. Returns whether `out`
+    already records this plan."""
     uri = storage.join(out, RECORDS, PLAN)
-    if storage.exists(uri):
-        saved = json.loads(storage.read_bytes(uri))
-        mine = asdict(plan)
-        diff = [k for k in mine if saved.get(k) != mine[k]]
-        if diff:
-            raise BadInput(
-                f"{out} already holds shards of a different sampling job ({', '.join(diff)} differ): "
-                "use a new out= or the same settings"
-            )
+    if not storage.exists(uri):
+        return False
+    saved = json.loads(storage.read_bytes(uri))
+    mine = asdict(plan)
+    diff = [k for k in mine if saved.get(k) != mine[k]]
+    if diff:
+        raise BadInput(
+            f"{out} already holds shards of a different sampling job ({', '.join(diff)} differ): "
+            "use a new out= or the same settings"
+        )
+    return True
 
 
 class _Writers:
@@ -324,23 +329,24 @@ def main(cfg: config.SampleJob) -> int:
     if cfg.label_choices() is not None and (not G.num_classes or max(cfg.label_choices()) >= G.num_classes):
         raise BadInput(f"labels={cfg.labels} asks for classes this generator does not have "
                        f"(it has {G.num_classes or 'no'} classes)")
-    keep, classifier_sha256 = None, ""
+    classifier, classifier_sha256 = None, ""
     if cfg.min_confidence > 0:
-        keep, classifier_sha256 = _confidence_filter(cfg, G)
+        classifier, classifier_sha256 = _confidence_classifier(cfg, G)
     plan = Plan(
         generator_sha256=checkpoint.sha256(raw), generator_info=info, count=cfg.count, shard_size=cfg.shard_size,
         format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=cfg.precision,
         num_classes=G.num_classes, image_shape=list(G.output_shape),
         min_confidence=cfg.min_confidence, classifier_sha256=classifier_sha256,
     )
-    _check_plan(cfg.out, plan)
+    plan_recorded = _check_plan(cfg.out, plan)
     pod, pods = _pods(cfg)
 
     acc, _, _ = runtime.make_accelerator("no")
     device = acc.device
     G = G.to(device)
-    if keep is not None:
-        keep.classifier, keep.device = keep.classifier.to(device), device
+    keep = None
+    if classifier is not None:
+        keep = ConfidenceFilter(classifier.to(device), cfg.min_confidence, cfg.batch_size, device)
         rates = keep.preflight(G, plan)
         runtime.print0(acc, f"digit-job sample: min_confidence={cfg.min_confidence} keeps about "
                             f"{100 * sum(rates) / len(rates):.1f}% of drawn digits (worst class {100 * min(rates):.1f}%)")
@@ -349,7 +355,7 @@ def main(cfg: config.SampleJob) -> int:
     runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, runtime.Precision(cfg.precision, device.type))}")
     runtime.print0(acc, f"digit-job sample: {plan.count} digits in {plan.num_shards} {plan.format} shards "
                         f"to {cfg.out} ({workers} workers)")
-    if acc.is_main_process and worker == 0 and not storage.exists(storage.join(cfg.out, RECORDS, PLAN)):
+    if acc.is_main_process and worker == 0 and not plan_recorded:
         storage.write_bytes(storage.join(cfg.out, RECORDS, PLAN), json.dumps(asdict(plan), indent=1).encode())
 
     mine = [i for i in range(plan.num_shards) if i % workers == worker]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from job import checkpoint, data, runtime, scoring, storage
+from job import checkpoint, config, data, runtime, scoring, storage
 from job.augment import random_affine
 from job.models import build_model
 from job.steps import classifier_step, warmup_cosine_lr
@@ -56,9 +56,10 @@ class ClassifierTrainer(Trainer):
             if t.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
         self.net.train()
+        lr = warmup_cosine_lr(step, t.steps, t.lr)
         out = classifier_step(self.net, self.optimizers["classifier"], self.scalers["classifier"], self.precision,
-                              images, labels, warmup_cosine_lr(step, t.steps, t.lr))
-        out["lr"] = torch.tensor(self.optimizers["classifier"].param_groups[0]["lr"])
+                              images, labels, lr)
+        out["lr"] = torch.tensor(lr)
         return out
 
     def evaluate(self, done: int) -> dict[str, float]:
@@ -88,8 +89,8 @@ def fit(
     kwargs: dict,
     steps: int,
     batch_size: int = 128,
-    lr: float = 2e-3,
-    weight_decay: float = 1e-4,
+    lr: float = config.TrainConfig.lr,  # the classifier-mnist recipe's defaults
+    weight_decay: float = config.TrainConfig.weight_decay,
     augment: bool = True,
     seed: int = 0,
     device: torch.device | str = "cpu",
