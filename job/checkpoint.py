@@ -10,8 +10,8 @@ A checkpoint is a folder `<run>/checkpoints/step-00001234/` with:
 meta.json is written last, so a folder without it is incomplete and never resumed from.
 Files are verified against meta.json's sums on load. Nothing is loaded with pickle.
 
-A run also exports one model file: `<run>/generator.safetensors` (the EMA generator) or
-`<run>/classifier.safetensors`. Its safetensors metadata holds the kind, architecture and
+A run also exports one model file: `<run>/generator.safetensors` (the EMA generator of a
+GAN, or the mean images), `<run>/autoencoder.safetensors` or `<run>/classifier.safetensors`. Its safetensors metadata holds the kind, architecture and
 constructor arguments, so it can be rebuilt with nothing else.
 """
 
@@ -36,6 +36,7 @@ from job.errors import BadInput
 CHECKPOINT_DIR = "checkpoints"
 GENERATOR_FILE = "generator.safetensors"
 CLASSIFIER_FILE = "classifier.safetensors"
+AUTOENCODER_FILE = "autoencoder.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 FORMAT = "digit-job/checkpoint"
 MODEL_FORMAT = "digit-job/model"  # generator and classifier files alike

@@ -4,6 +4,7 @@
     python -m job train --config debug train.steps=10
     accelerate launch -m job sample generator=runs/quickstart/generator.safetensors count=60000 out=/data/synth
     python -m job evaluate generator=runs/quickstart/generator.safetensors [n=10000]
+    python -m job transform generator=runs/autoencoder/autoencoder.safetensors inputs=photo.jpg out=printed
     python -m job data push mnist s3://bucket/datasets/mnist   # data.root=... to read elsewhere
     python -m job presets            # list the shipped presets
 
@@ -20,9 +21,10 @@ import sys
 from job.errors import JobError
 
 COMMANDS = {
-    "train": "train a model (dcgan, conditional or not)",
+    "train": "train a model: dcgan (conditional or not), autoencoder, mean, classifier",
     "sample": "bulk-generate labeled digits into shards: sample generator=<URI> count=N out=<URI>",
     "evaluate": "score a generator or shard set: evaluate generator=<URI> | samples=<URI> [n=10000]",
+    "transform": "handwritten digit images -> printed digits: transform generator=<autoencoder> inputs=<URI> out=<URI>",
     "data": "stage a dataset into a folder or s3:// prefix: data push mnist s3://bucket/datasets/mnist",
 }
 
@@ -38,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         if name == "data":
             c.add_argument("action", choices=["push"], help="push: copy the dataset files and a sha256 manifest")
-            c.add_argument("dataset", help="dataset name (mnist)")
+            c.add_argument("dataset", help="dataset name: mnist, fashion-mnist, kmnist, emnist-digits, usps, svhn, imagefolder")
             c.add_argument("dest", help="destination folder or s3://bucket/prefix")
         c.add_argument("--config", default=None, help="preset name (see `presets`) or path to a YAML file")
         c.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -80,10 +82,14 @@ def _run(argv: list[str]) -> int:
         from job import evaluate
 
         return evaluate.main(cfg)
+    if args.command == "transform":
+        from job import transform
+
+        return transform.main(cfg)
     if args.command == "data":
         from job import data
 
-        manifest = data.push(args.dataset, cfg.data.root, args.dest)
+        manifest = data.push(args.dataset, cfg.data, args.dest)
         total = sum(f["bytes"] for f in manifest["files"].values())
         print(f"digit-job data: pushed {args.dataset} ({len(manifest['files'])} files, {total / 1e6:.1f} MB) "
               f"from {cfg.data.root} to {args.dest} with manifest.json")

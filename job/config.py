@@ -31,25 +31,36 @@ def _bounded(default: Any, *, min: float | None = None, max: float | None = None
 
 @dataclass
 class DataConfig:
-    # Dataset to train on (torchvision name).
-    name: Literal["mnist"] = "mnist"
-    # Folder (or s3:// prefix) holding the dataset files. Defaults to $DIGITS_DATA_DIR,
-    # else ./data. torchvision downloads into it when online and the files are missing.
+    # Dataset (read through torchvision): mnist, fashion-mnist, kmnist, emnist-digits, usps
+    # (16x16), svhn (RGB 32x32), or imagefolder: <root>/<class>/<image> of any size and
+    # channel count (<root>/train and <root>/test when both exist, else one folder for both).
+    name: Literal["mnist", "fashion-mnist", "kmnist", "emnist-digits", "usps", "svhn", "imagefolder"] = "mnist"
+    # Folder (or s3:// prefix from `data push`) holding the dataset files. Defaults to
+    # $DIGITS_DATA_DIR, else ./data. torchvision downloads into it when online and the
+    # files are missing; files already there are used offline.
     root: str = field(default_factory=lambda: os.environ.get("DIGITS_DATA_DIR", "data"))
-    # Side length images are resized to on the device; null means the model's native size.
-    image_size: Optional[int] = None
+    # Side length the model sees (images are resized to it); null: the dataset's native
+    # size (28 for an image folder), or 64 for model.arch=dcgan64.
+    image_size: Optional[int] = _bounded(None, min=8, max=512)
+    # imagefolder: 1 (grey) or 3 (RGB); null: 1 when every image is greyscale, else 3.
+    channels: Optional[int] = _bounded(None, min=1, max=3)
 
 
 @dataclass
 class ModelConfig:
-    # What is trained: dcgan (a generator) or classifier (the evaluation network).
-    kind: Literal["dcgan", "classifier"] = "dcgan"
-    # dcgan only. dcgan28: dense projection + 2 transposed convs at 28x28 (fast, MNIST-native).
+    # What is trained: dcgan (a generator), autoencoder (handwritten digit -> the same
+    # digit in a printed font, for `job transform`), mean (the per-class mean image: the
+    # seed project's baseline, sampled like a generator) or classifier (the evaluation network).
+    kind: Literal["dcgan", "autoencoder", "mean", "classifier"] = "dcgan"
+    # dcgan only. dcgan28: dense projection to S/4 x S/4 + 2 transposed convs (fast; named
+    # for MNIST's 28, runs at any data.image_size that is a multiple of 4: 28, 32, 48, 64).
     # dcgan64: the classic pytorch/examples DCGAN at 64x64 (images resized to 64).
     arch: Literal["dcgan28", "dcgan64"] = "dcgan28"
     # dcgan: labels go into G (embedding concatenated to z) and D (projection head).
+    # mean: one mean image per class (true) or one of all images (false).
     conditional: bool = True
-    # Length of the noise vector z.
+    # dcgan: length of the noise vector z. autoencoder: length of the code between
+    # encoder and decoder.
     latent_dim: int = _bounded(100, min=1, max=4096)
     # Base channel width of the generator (ngf) and discriminator (ndf).
     g_width: int = _bounded(64, min=4, max=1024)
@@ -57,9 +68,17 @@ class ModelConfig:
     # dcgan: give D a minibatch standard-deviation feature map, so it can tell a batch of
     # look-alike digits from a varied one (counters mode dropping; unconditional models).
     minibatch_std: bool = False
-    # classifier: base channel width and the size of the feature layer (FID's space).
+    # classifier, autoencoder: base channel width. classifier: size of the feature layer
+    # (FID's space).
     width: int = _bounded(32, min=4, max=1024)
     feature_dim: int = _bounded(128, min=2, max=4096)
+    # autoencoder: the printed font(s) of the targets: TTF/OTF paths, comma-separated
+    # (one output channel per font), or "auto": DejaVu Serif or Liberation Serif when
+    # installed, else Pillow's built-in font. Nothing is downloaded.
+    font: str = "auto"
+    # mean: standard deviation of the Gaussian noise added to every pixel when sampling,
+    # in grey levels (0-255); 0 samples the mean images themselves.
+    pixel_noise: float = _bounded(0.0, min=0.0, max=255.0)
 
 
 @dataclass
@@ -117,18 +136,27 @@ class TrainJob:
     run: RunConfig = field(default_factory=RunConfig)
 
     def check(self) -> None:
-        if self.model.kind == "classifier":
-            native = 28
-        else:
-            native = {"dcgan28": 28, "dcgan64": 64}[self.model.arch]
-        if self.data.image_size is None:
-            self.data.image_size = native
-        elif self.data.image_size != native:
-            raise BadInput(
-                f"data.image_size={self.data.image_size} does not fit this model "
-                f"(model.kind={self.model.kind}, model.arch={self.model.arch} works at {native}x{native}): "
-                f"set data.image_size={native} or null"
-            )
+        check_data(self.data)
+        from job.datasets import native_size  # torch-heavy; only once a config is checked
+
+        m, size = self.model, self.data.image_size
+        if m.kind == "dcgan" and m.arch == "dcgan64":
+            if size not in (None, 64):
+                raise BadInput(f"data.image_size={size} does not fit model.arch=dcgan64 (64x64 only): "
+                               "set data.image_size=64 or null, or use model.arch=dcgan28")
+            size = 64
+        size = size or native_size(self.data.name)
+        if m.kind in ("dcgan", "autoencoder") and size % 4:
+            raise BadInput(f"data.image_size={size} does not fit model.kind={m.kind}: it must be a multiple of 4 "
+                           "(e.g. 28, 32, 48, 64)")
+        self.data.image_size = size
+
+
+def check_data(data: DataConfig) -> None:
+    if data.channels is not None and data.name != "imagefolder":
+        raise BadInput(f"data.channels is for data.name=imagefolder; {data.name} has fixed channels: set it to null")
+    if data.channels == 2:
+        raise BadInput("data.channels=2 is not allowed: use 1 (grey), 3 (RGB) or null")
 
 
 @dataclass
@@ -136,6 +164,9 @@ class DataJob:
     """`job data push <name> <dest>`: where the dataset is read from (data.root)."""
 
     data: DataConfig = field(default_factory=DataConfig)
+
+    def check(self) -> None:
+        check_data(self.data)
 
 
 @dataclass
@@ -232,9 +263,10 @@ class EvaluateJob:
     # the floor and for TSTR).
     data: DataConfig = field(default_factory=DataConfig)
     tstr: TstrConfig = field(default_factory=TstrConfig)
-    # Reference row: class-means (the per-class mean image of the real train split, the
-    # seed project's method) or none.
-    baseline: Literal["class-means", "none"] = "class-means"
+    # Reference row: class-means (the per-class mean image of the real train split: the
+    # seed project's method, as `train model.kind=mean` makes it), none, or the URI of a
+    # class-conditional generator file to compare against (a trained mean model, an older GAN).
+    baseline: str = "class-means"
     # Neighbours that set the radius of each sample's ball for precision/recall.
     k: int = _bounded(3, min=1, max=100)
     # Seed of the generated digits (noise and labels) and of the real subsets.
@@ -243,12 +275,37 @@ class EvaluateJob:
     batch_size: int = _bounded(1000, min=1, max=1_000_000)
 
     def check(self) -> None:
+        check_data(self.data)
         if bool(self.generator) == bool(self.samples):
             raise BadInput("pass exactly one of generator=<run>/generator.safetensors or samples=<shard folder>")
 
 
+@dataclass
+class TransformJob:
+    """`job transform`: handwritten digit images -> printed digits, with an autoencoder."""
+
+    # The autoencoder: builtin:mnist (shipped, trained on MNIST with DejaVu Serif targets)
+    # or an autoencoder file (<run>/autoencoder.safetensors, local or s3://).
+    generator: str = "builtin:mnist"
+    # An image file, a folder of images (searched recursively), or an s3:// object or prefix.
+    inputs: str = ""
+    # Folder or s3:// prefix for one PNG per input, side-by-side.png and report.json.
+    out: str = ""
+    # Images per forward pass.
+    batch_size: int = _bounded(256, min=1, max=100_000)
+    # Rows of side-by-side.png (the first inputs, in name order).
+    preview: int = _bounded(64, min=1, max=10_000)
+
+    def check(self) -> None:
+        for key in ("generator", "inputs", "out"):
+            if not getattr(self, key):
+                raise BadInput(f"{key} is required: transform inputs=<image|folder|URI> out=<folder|URI> "
+                               "[generator=<run>/autoencoder.safetensors]")
+
+
 # What each command's --config describes.
-SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob, "sample": SampleJob, "evaluate": EvaluateJob}
+SCHEMAS: dict[str, type] = {"train": TrainJob, "data": DataJob, "sample": SampleJob, "evaluate": EvaluateJob,
+                            "transform": TransformJob}
 
 
 # ----------------------------------------------------------------------------- loading

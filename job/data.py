@@ -8,23 +8,21 @@ transforms in the hot loop. Batches come from a per-epoch permutation that depen
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
-from job import storage
+from job import config, datasets, storage
 from job.errors import BadInput
 
-NUM_CLASSES = {"mnist": 10}
-# torchvision's file names for MNIST; a folder holding them (gzip or not) is usable as is.
 DATASET_MANIFEST = "manifest.json"
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# Files of the datasets torchvision keeps flat in its root.
+FLAT_FILES = {"usps": ("usps.bz2", "usps.t.bz2"), "svhn": ("train_32x32.mat", "test_32x32.mat")}
 
 
 def cache_dir() -> str:
@@ -35,74 +33,60 @@ def cache_dir() -> str:
     return os.path.join(base, "digit-job")
 
 
-def find_mnist_files(root: str) -> dict[str, str]:
-    """{idx name: local path} for the MNIST files under `root` (flat or torchvision layout,
-    gzip or not); missing files are left out."""
-    found = {}
-    for folder in (root, os.path.join(root, "MNIST", "raw")):
-        for name in MNIST_FILES:
-            for candidate in (name + ".gz", name):
-                path = os.path.join(folder, candidate)
-                if name not in found and os.path.isfile(path):
-                    found[name] = path
-    return found
-
-
-def _torchvision_root(root: str) -> str:
-    """A root in torchvision's layout (<root>/MNIST/raw/<idx files>) for the files under `root`.
-
-    A flat folder of MNIST files, gzip or not (like ../shared/datasets/mnist, or a data
-    push), is decompressed once into a staging folder in the cache. torchvision then finds
-    the raw idx files and loads them without going online. Call with the dataset lock held.
-    """
-    if os.path.isdir(os.path.join(root, "MNIST", "raw")):
-        return root
-    sources = find_mnist_files(root)
-    if len(sources) < len(MNIST_FILES):
-        return root  # torchvision will download here when online
-    stage = os.path.join(cache_dir(), "staged", os.path.abspath(root).strip("/").replace("/", "_"))
-    raw = os.path.join(stage, "MNIST", "raw")
-    os.makedirs(raw, exist_ok=True)
-    for name, src in sources.items():
-        dst = os.path.join(raw, name)
-        if os.path.exists(dst):
-            continue
-        opener = gzip.open if src.endswith(".gz") else open
-        tmp = dst + ".partial"
-        try:
-            with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-        except (OSError, EOFError) as e:
-            raise BadInput(f"{src} cannot be read as an MNIST file ({e})") from None
-        os.replace(tmp, dst)  # whole file or nothing, for the next process to trust
-    return stage
+def _dataset(name: str) -> datasets.Dataset:
+    if name not in datasets.CATALOG:
+        raise BadInput(f"data.name={name!r} is not supported: use one of {', '.join(datasets.CATALOG)}")
+    return datasets.CATALOG[name]
 
 
 # ----------------------------------------------------------------------------- staging
 
 
-def push(name: str, root: str, dest: str) -> dict:
-    """Stage dataset `name` from local `root` (downloading it there first when online) to
-    `dest` (folder or s3:// prefix): its files, then manifest.json with their sha256 sums."""
-    if name != "mnist":
-        raise BadInput(f"data push {name!r}: only mnist can be pushed")
+def dataset_files(dataset: datasets.Dataset, root: str) -> dict[str, str]:
+    """{name relative to root (with / inside an image folder): local path} of what a
+    dataset is read from."""
+    if dataset.idx_files:
+        return {os.path.basename(p): p for p in datasets.find_idx_files(root, dataset).values()}
+    if dataset.name in FLAT_FILES:
+        paths = {n: os.path.join(root, n) for n in FLAT_FILES[dataset.name]}
+        return {n: p for n, p in paths.items() if os.path.isfile(p)}
+    files = {}
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(n for n in names if not n.startswith(".")):
+            path = os.path.join(folder, name)
+            files[os.path.relpath(path, root).replace(os.sep, "/")] = path
+    return files
+
+
+def push(name: str, data_cfg: config.DataConfig, dest: str) -> dict:
+    """Stage dataset `name` from local data.root (downloading it there first when online)
+    to `dest` (folder or s3:// prefix): its files, then manifest.json with their sha256."""
+    dataset = _dataset(name)
     storage.check_writable(dest)
-    files = find_mnist_files(root)
-    if len(files) < len(MNIST_FILES):
-        load_split(name, root, train=True)  # downloads into root when online, else says why not
-        files = find_mnist_files(root)
+    if storage.is_s3(data_cfg.root):
+        raise BadInput(f"data push reads a local folder: data.root={data_cfg.root} is already on S3")
+    # Reading the dataset first proves it is complete (and downloads it when online).
+    load_split(dataclasses.replace(data_cfg, name=name), train=True)
+    files = dataset_files(dataset, data_cfg.root)
+    if not files:
+        raise BadInput(f"data.root={data_cfg.root} holds no {name} files to push")
     entries = {}
-    for path in files.values():
-        filename = os.path.basename(path)
-        storage.upload_file(path, storage.join(dest, filename))
-        entries[filename] = {"sha256": storage.file_sha256(path), "bytes": os.path.getsize(path)}
+    for rel, path in files.items():
+        storage.upload_file(path, storage.join(dest, rel))
+        entries[rel] = {"sha256": storage.file_sha256(path), "bytes": os.path.getsize(path)}
     manifest = {"format": "digit-job/dataset", "version": 1, "name": name, "files": entries}
     storage.write_bytes(storage.join(dest, DATASET_MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
 
 
-def fetch(uri: str) -> str:
-    """A local, verified copy of the dataset pushed to `uri`; downloaded once per node.
+def _inside(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and ".." not in parts and "" not in parts
+
+
+def fetch(uri: str, name: str) -> str:
+    """A local, verified copy of dataset `name` pushed to `uri`; downloaded once per node.
 
     Files are checked against manifest.json's sha256 on download, and a cached copy is
     reused on the next run. Call with the dataset lock held.
@@ -110,51 +94,68 @@ def fetch(uri: str) -> str:
     storage.check_readable(uri)
     manifest_uri = storage.join(uri, DATASET_MANIFEST)
     if not storage.exists(manifest_uri):
-        raise BadInput(f"{uri} holds no {DATASET_MANIFEST}: stage it with `python -m job data push mnist {uri}`")
+        raise BadInput(f"{uri} holds no {DATASET_MANIFEST}: stage it with `python -m job data push {name} {uri}`")
     try:
         manifest = json.loads(storage.read_bytes(manifest_uri))
         files = manifest["files"]
-    except (ValueError, KeyError, TypeError):
+        entries = [(str(rel), str(entry["sha256"])) for rel, entry in files.items()]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise BadInput(f"{manifest_uri} is not a digit-job dataset manifest") from None
+    if manifest.get("name") != name:
+        raise BadInput(f"{uri} holds {manifest.get('name')!r}, not data.name={name!r}")
     bucket, key = storage.split_s3(uri)
     local = os.path.join(cache_dir(), "datasets", bucket, key.strip("/"))
-    for filename, entry in files.items():
-        if "/" in filename or filename.startswith("."):
-            raise BadInput(f"{manifest_uri} names a file outside its prefix: {filename!r}")
-        path = os.path.join(local, filename)
-        if os.path.isfile(path) and storage.file_sha256(path) == entry["sha256"]:
+    for rel, digest in entries:
+        if not _inside(rel):
+            raise BadInput(f"{manifest_uri} names a file outside its prefix: {rel!r}")
+        path = os.path.join(local, *rel.split("/"))
+        if os.path.isfile(path) and storage.file_sha256(path) == digest:
             continue  # cached and verified
-        storage.download_file(storage.join(uri, filename), path, sha256=entry["sha256"])
+        storage.download_file(storage.join(uri, rel), path, sha256=digest)
     return local
+
+
+# ----------------------------------------------------------------------------- loading
 
 
 @dataclass
 class Split:
-    images: torch.Tensor  # uint8 [N, C, H, W] at the dataset's native size
+    images: torch.Tensor  # uint8 [N, C, H, W]: native size, or data.image_size for an image folder
     labels: torch.Tensor  # int64 [N]
     num_classes: int
 
 
-def load_split(name: str, root: str, train: bool, device: torch.device | str = "cpu") -> Split:
-    """Load a whole split as tensors on `device`. Bad roots raise BadInput."""
-    if name != "mnist":
-        raise BadInput(f"data.name={name!r} is not supported: use mnist")
-    from torchvision.datasets import MNIST  # heavy import, only when data is needed
-
+def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | str = "cpu") -> Split:
+    """Load a whole split of `data_cfg` as tensors on `device`. Bad roots raise BadInput."""
+    dataset = _dataset(data_cfg.name)
     os.makedirs(cache_dir(), exist_ok=True)
     # Several ranks on one node must not download or extract the same files at once.
     with FileLock(os.path.join(cache_dir(), "dataset.lock")):
-        local_root = fetch(root) if storage.is_s3(root) else root
-        tv_root = _torchvision_root(local_root)
+        root = fetch(data_cfg.root, dataset.name) if storage.is_s3(data_cfg.root) else data_cfg.root
+        if dataset.name == "imagefolder":
+            return _load_image_folder(root, data_cfg, train, device)
+        tv_root = datasets.torchvision_root(root, dataset, cache_dir())
         try:
-            ds = MNIST(tv_root, train=train, download=True)
-        except Exception as e:  # offline download failure, corrupt archive, ...
+            images, labels = datasets.read_torchvision(dataset, tv_root, train)
+        except Exception as e:  # offline download failure, corrupt archive, missing scipy, ...
+            first = str(e).splitlines()[0] if str(e) else ""
             raise BadInput(
-                f"MNIST could not be loaded from data.root={root!r} ({type(e).__name__}: {e}); "
-                "point data.root or DIGITS_DATA_DIR at a folder with the MNIST idx files"
+                f"{data_cfg.name} could not be loaded from data.root={data_cfg.root!r} ({type(e).__name__}: {first}); "
+                "point data.root or DIGITS_DATA_DIR at a folder with its files"
             ) from None
-    images = ds.data.unsqueeze(1).contiguous()  # uint8 [N, 1, 28, 28]
-    return Split(images.to(device), ds.targets.to(device=device, dtype=torch.int64), NUM_CLASSES[name])
+    return Split(images.to(device), labels.to(device), datasets.NUM_CLASSES)
+
+
+def _load_image_folder(root: str, data_cfg: config.DataConfig, train: bool, device) -> Split:
+    train_root, test_root, separate = datasets.image_folder_roots(root)
+    channels = data_cfg.channels or datasets.image_folder_channels([train_root, test_root] if separate else [root])
+    size = data_cfg.image_size or datasets.IMAGEFOLDER_DEFAULT_SIZE
+    images, labels, classes = datasets.read_image_folder(train_root if train else test_root, size, channels)
+    if separate:  # labels are folder positions: both splits must name the same classes
+        other = datasets.image_folder_classes(test_root if train else train_root)
+        if other != classes:
+            raise BadInput(f"{train_root} and {test_root} must hold the same class folders ({classes} vs {other})")
+    return Split(images.to(device), labels.to(device), len(classes))
 
 
 def to_model_input(batch: torch.Tensor, image_size: int, channels_last: bool) -> torch.Tensor:

@@ -11,7 +11,9 @@ row's digits, tested on the real test split -> report.json, report.md, grid.png 
 
 Rows: the subject (generator or samples); `real`, the floor (real test digits against real
 train digits: the FID a perfect generator would get at this n; its TSTR is the same
-classifier trained on real digits); and `class-means`, the per-class mean image baseline.
+classifier trained on real digits); and the reference row: `class-means`, the per-class
+mean image baseline (the `mean` model of the real train split, sampled like a
+generator), or `baseline=<generator file>` (a trained mean model, or another generator).
 """
 
 from __future__ import annotations
@@ -79,10 +81,14 @@ def shard_set_digits(uri: str, n: int) -> tuple[torch.Tensor, torch.Tensor, dict
     return torch.cat(images)[:n], torch.cat(labels)[:n], manifest
 
 
-def class_mean_digits(train: data.Split, labels: torch.Tensor) -> torch.Tensor:
-    """The per-class mean image of `train` for each label (the seed project's baseline)."""
-    means = torch.stack([train.images[train.labels == c].float().mean(0) for c in range(train.num_classes)])
-    return means.round().clamp(0, 255).to(torch.uint8)[labels]
+def class_means_model(train: data.Split, image_size: int):
+    """The mean-image baseline (models.mean, as `train model.kind=mean` makes it) of `train`."""
+    from job.models.mean import MeanImages, class_sums, means_from_sums
+
+    model = MeanImages(train.images.shape[1], image_size, train.num_classes)
+    to_input = lambda x: data.to_model_input(x, image_size, channels_last=False)  # noqa: E731
+    model.means.copy_(means_from_sums(*class_sums(train.images, train.labels, train.num_classes, to_input)))
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- one row
@@ -218,6 +224,14 @@ def main(cfg: config.EvaluateJob) -> int:
         if G.output_shape[0] != classifier.channels:
             raise BadInput(f"{cfg.generator} makes {G.output_shape[0]}-channel images but the classifier "
                            f"expects {classifier.channels}: pass a classifier= trained on this dataset")
+    baseline = None
+    if cfg.baseline not in ("class-means", "none"):
+        from job.models import load_generator
+
+        baseline, baseline_info, _ = load_generator(cfg.baseline)
+        if baseline.output_shape[0] != classifier.channels or not baseline.num_classes:
+            raise BadInput(f"baseline={cfg.baseline} must be a class-conditional generator of "
+                           f"{classifier.channels}-channel images")
     out = default_out(cfg)
     storage.check_writable(out)
     wanted = max(cfg.n, cfg.tstr.n)
@@ -237,8 +251,8 @@ def main(cfg: config.EvaluateJob) -> int:
     classifier = classifier.to(device)
     say = lambda msg: print(f"digit-job evaluate: {msg}", flush=True)  # noqa: E731
     say(f"{runtime.describe(acc, precision)}; writing to {out}")
-    train = data.load_split(cfg.data.name, cfg.data.root, train=True)
-    test = data.load_split(cfg.data.name, cfg.data.root, train=False)
+    train = data.load_split(cfg.data, train=True)
+    test = data.load_split(cfg.data, train=False)
     if train.num_classes != classifier.num_classes:
         raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} has {train.num_classes}")
     if G is not None:
@@ -257,12 +271,13 @@ def main(cfg: config.EvaluateJob) -> int:
     tstr_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.tstr.n]
     rows["real"] = scorer.row(test.images[test_idx], test.labels[test_idx], train.images[tstr_idx],
                               train.labels[tstr_idx], "the real test split")
-    if cfg.baseline == "class-means":
-        say("scoring the class-means baseline")
-        mean_labels = sample.draw_labels(wanted, train.num_classes, "balanced", torch.Generator().manual_seed(cfg.seed))
-        means = class_mean_digits(train, mean_labels)
-        rows["class-means"] = scorer.row(means[: cfg.n], mean_labels[: cfg.n], means[: cfg.tstr.n],
-                                         mean_labels[: cfg.tstr.n], "the class means")
+    if cfg.baseline != "none":
+        name = "class-means" if cfg.baseline == "class-means" else "baseline"
+        say(f"scoring the {name} row")
+        reference = class_means_model(train, classifier.image_size) if baseline is None else baseline
+        ref_images, ref_labels = generated_digits(reference.to(device), wanted, cfg.seed, cfg.batch_size, device)
+        rows[name] = scorer.row(ref_images[: cfg.n], ref_labels[: cfg.n], ref_images[: cfg.tstr.n],
+                                ref_labels[: cfg.tstr.n], f"the {name} row")
 
     report = {
         "format": REPORT_FORMAT,

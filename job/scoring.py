@@ -8,27 +8,17 @@ they are resized to the classifier's size when they differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 
 from job import data
 from job.errors import BadInput
 
-# The classifier shipped inside the package (see job/weights/README.md for how it was made).
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_CLASSIFIERS = {"mnist": "classifier-mnist.safetensors"}
-
-
 def resolve_classifier(spec: str) -> str:
     """A `classifier=` value -> a path or URI. `builtin:mnist` is the shipped file."""
-    if not spec.startswith(BUILTIN_PREFIX):
-        return spec
-    name = spec[len(BUILTIN_PREFIX):]
-    if name not in BUILTIN_CLASSIFIERS:
-        raise BadInput(f"classifier={spec!r} is not shipped: use one of "
-                       f"{', '.join(BUILTIN_PREFIX + k for k in BUILTIN_CLASSIFIERS)} or a classifier.safetensors URI")
-    return str(resources.files("job") / "weights" / BUILTIN_CLASSIFIERS[name])
+    from job.models import resolve_builtin
+
+    return resolve_builtin(spec, "classifier")
 
 
 def load_classifier(spec: str, device: torch.device | str = "cpu"):

@@ -92,19 +92,41 @@ def classifier_step(
     lr: float,
 ) -> dict[str, torch.Tensor]:
     """One cross-entropy update at learning rate `lr` (the schedule is the caller's)."""
-    for group in opt.param_groups:
-        group["lr"] = lr
     with precision.autocast():
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
+    _descend(opt, scaler, loss, lr)
     return {
         "loss": loss.detach().float(),
         "train_accuracy": (logits.detach().argmax(1) == labels).float().mean(),
     }
+
+
+def autoencoder_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    precision: Precision,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    lr: float,
+) -> dict[str, torch.Tensor]:
+    """One update of an image-to-image model towards `targets` (pixel MSE, in [-1, 1])."""
+    with precision.autocast():
+        outputs = model(inputs)
+    loss = F.mse_loss(outputs.float(), targets.float())
+    _descend(opt, scaler, loss, lr)
+    return {"loss": loss.detach()}
+
+
+def _descend(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor, lr: float) -> None:
+    """Backward through the (fp16) scaler and one optimizer step at learning rate `lr`."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
 
 
 def warmup_cosine_lr(step: int, total: int, peak: float, warmup_fraction: float = 0.05) -> float:

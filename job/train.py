@@ -1,5 +1,5 @@
-"""`job train`: train one model kind (dcgan, classifier) with the same launch, checkpoints,
-storage, grids and metrics.
+"""`job train`: train one model kind (dcgan, autoencoder, mean, classifier) with the same
+launch, checkpoints, storage, grids and metrics.
 
     accelerate launch -m job train --config cdcgan-mnist run.dir=runs/cdcgan
     accelerate launch -m job train --config classifier-mnist run.dir=runs/classifier
@@ -11,8 +11,8 @@ Data flow: config -> runtime (Accelerator, precision) -> data (whole split on th
 grid PNG, a checkpoint (global main process writes, meta.json last) -> at the end: the
 exported model file and a cross-rank parameter check (world.json).
 
-This module holds what every kind shares (`Trainer`); `train_gan.py` and
-`train_classifier.py` hold what differs.
+This module holds what every kind shares (`Trainer`); `train_gan.py`,
+`train_autoencoder.py`, `train_mean.py` and `train_classifier.py` hold what differs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from job import checkpoint, config, data, runtime, storage
+from job.augment import random_affine
 from job.errors import BadInput
 from job.logs import MetricsLog
 
@@ -69,6 +70,7 @@ class Trainer:
     """
 
     model_file: str = ""  # the exported file in run.dir, e.g. generator.safetensors
+    uses_batches: bool = True  # False for kinds that read the whole split at once (mean)
 
     def __init__(self, cfg: config.TrainJob):
         self.cfg = cfg
@@ -84,7 +86,7 @@ class Trainer:
         for note in notes:
             runtime.print0(acc, f"digit-job train: note: {note}")
 
-        split = data.load_split(cfg.data.name, cfg.data.root, train=True, device=self.device)
+        split = data.load_split(cfg.data, train=True, device=self.device)
         self.images, self.labels, self.dataset_classes = split.images, split.labels, split.num_classes
         self.channels = split.images.shape[1]
 
@@ -113,9 +115,10 @@ class Trainer:
         self.prepare()
         if loaded is not None:
             self._restore_training_state(loaded)
-        self.batches = data.EpochBatches(
-            len(self.images), cfg.train.batch_size, acc.process_index, acc.num_processes, cfg.seed, self.device
-        )
+        if self.uses_batches:
+            self.batches = data.EpochBatches(
+                len(self.images), cfg.train.batch_size, acc.process_index, acc.num_processes, cfg.seed, self.device
+            )
         self.noise = torch.Generator(device=self.device)
 
     # ------------------------------------------------------------------ for subclasses
@@ -143,6 +146,24 @@ class Trainer:
         """Extra metrics for the log at checkpoints and at the end (main process only)."""
         return {}
 
+    def prepare_adamw(self, name: str) -> nn.Module:
+        """Prepare the one trained module `name` (device, memory format, DDP) with AdamW at
+        train.lr / train.weight_decay and a grad scaler; returns the wrapped module."""
+        t = self.cfg.train
+        module = self.modules[name]
+        module.to(device=self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
+        wrapped = self.acc.prepare(module)
+        self.optimizers = {name: torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)}
+        self.scalers = {name: self.precision.scaler()}
+        return wrapped
+
+    def save_grid(self, done: int, png: bytes) -> str:
+        """Store a grid as samples/step-<done>.png and samples/latest.png; returns the first."""
+        uri = storage.join(self.cfg.run.dir, "samples", f"step-{done:08d}.png")
+        storage.write_bytes(uri, png)
+        storage.write_bytes(storage.join(self.cfg.run.dir, "samples", "latest.png"), png)
+        return uri
+
     def reseed_noise(self, step: int) -> torch.Generator:
         """The noise generator of (seed, rank, step): counter-based, so a resumed run draws
         exactly what an uninterrupted one would, with no generator state to carry."""
@@ -154,6 +175,14 @@ class Trainer:
         idx = self.batches.indices(step)
         real = data.to_model_input(self.images[idx], self.cfg.data.image_size, self.cfg.train.channels_last)
         return real, self.labels[idx]
+
+    def jittered(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """`images` with the step's random affine jitter when train.augment is on."""
+        t = self.cfg.train
+        if not t.augment:
+            return images
+        images = random_affine(images, self.reseed_noise(step))
+        return images.contiguous(memory_format=torch.channels_last) if t.channels_last else images
 
     # ------------------------------------------------------------------ state
 
@@ -283,6 +312,10 @@ def trainer_for(cfg: config.TrainJob) -> Trainer:
     """The Trainer of the config's model kind, built (validated, resumed, prepared)."""
     if cfg.model.kind == "classifier":
         from job.train_classifier import ClassifierTrainer as trainer_class
+    elif cfg.model.kind == "autoencoder":
+        from job.train_autoencoder import AutoencoderTrainer as trainer_class
+    elif cfg.model.kind == "mean":
+        from job.train_mean import MeanTrainer as trainer_class
     else:
         from job.train_gan import GanTrainer as trainer_class
     return trainer_class(cfg)

@@ -41,20 +41,12 @@ class ClassifierTrainer(Trainer):
         self.test_accuracy: float | None = None
 
     def prepare(self) -> None:
-        t = self.cfg.train
-        net = self.modules["classifier"]
-        net.to(device=self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
-        self.net = self.acc.prepare(net)
-        self.optimizers = {"classifier": torch.optim.AdamW(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)}
-        self.scalers = {"classifier": self.precision.scaler()}
+        self.net = self.prepare_adamw("classifier")
 
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         images, labels = self.batch(step)
-        if t.augment:
-            images = random_affine(images, self.reseed_noise(step))
-            if t.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        images = self.jittered(images, step)
         self.net.train()
         lr = warmup_cosine_lr(step, t.steps, t.lr)
         out = classifier_step(self.net, self.optimizers["classifier"], self.scalers["classifier"], self.precision,
@@ -64,7 +56,7 @@ class ClassifierTrainer(Trainer):
 
     def evaluate(self, done: int) -> dict[str, float]:
         if self._test is None:
-            split = data.load_split(self.cfg.data.name, self.cfg.data.root, train=False)
+            split = data.load_split(self.cfg.data, train=False)
             self._test = (split.images, split.labels)
         net = self.modules["classifier"].eval()
         try:

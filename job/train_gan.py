@@ -28,7 +28,7 @@ class GanTrainer(Trainer):
         m = self.cfg.model
         self.num_classes = self.dataset_classes if m.conditional else 0
         G, D, self.g_kwargs = build_gan(m.arch, m.latent_dim, m.g_width, m.d_width, self.channels, self.num_classes,
-                                        m.minibatch_std)
+                                        m.minibatch_std, self.cfg.data.image_size)
         ema = copy.deepcopy(G).requires_grad_(False).eval()
         self.modules = {"generator": G, "discriminator": D, "generator_ema": ema}
         self.trained = ["generator", "discriminator"]
@@ -98,8 +98,4 @@ class GanTrainer(Trainer):
     def write_grid(self, done: int) -> str:
         with self.precision.autocast():
             images = self.ema(self.fixed_z, self.fixed_labels)
-        png = grid_png(images, nrow=GRID_COLUMNS)
-        uri = storage.join(self.cfg.run.dir, "samples", f"step-{done:08d}.png")
-        storage.write_bytes(uri, png)
-        storage.write_bytes(storage.join(self.cfg.run.dir, "samples", "latest.png"), png)
-        return uri
+        return self.save_grid(done, grid_png(images, nrow=GRID_COLUMNS))

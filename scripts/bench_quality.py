@@ -157,7 +157,7 @@ def main() -> None:
         "met": checks,
     })
     print()
-    print(f"| row | FID | IS | CAS | TSTR | precision | recall | class share min / max |")
+    print("| row | FID | IS | CAS | TSTR | precision | recall | class share min / max |")
     print("|---|---|---|---|---|---|---|---|")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
     for name, r in rows.items():

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 source scripts/env.sh
+source scripts/debian-datasets.sh
 exec .venv/bin/python -m pytest -m "not slow and not cuda" "$@"

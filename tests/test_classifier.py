@@ -54,5 +54,5 @@ def test_a_generator_file_is_not_accepted_as_a_classifier(tmp_path):
 
     run_dir = tmp_path / "gan"
     assert train(run_dir, "train.steps=1") == 0
-    with pytest.raises(BadInput, match="holds a dcgan model, but a classifier is needed"):
+    with pytest.raises(BadInput, match="holds a dcgan model, but a classifier model is needed"):
         scoring.load_classifier(str(run_dir / "generator.safetensors"))

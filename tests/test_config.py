@@ -38,7 +38,11 @@ def test_data_root_defaults_to_the_environment(monkeypatch):
         (["train.mixed_precision=fp8"], "use one of no, bf16, fp16"),
         (["train=3"], "train is a section, not a value"),
         (["steps"], "is not key=value"),
-        (["model.arch=dcgan64", "data.image_size=28"], "model.arch=dcgan64 works at 64x64"),
+        (["model.arch=dcgan64", "data.image_size=28"], "does not fit model.arch=dcgan64 (64x64 only)"),
+        (["data.image_size=30"], "data.image_size=30 does not fit model.kind=dcgan: it must be a multiple of 4"),
+        (["data.name=cifar"], "data.name='cifar' is not allowed: use one of mnist, fashion-mnist"),
+        (["data.channels=3"], "data.channels is for data.name=imagefolder"),
+        (["data.name=imagefolder", "data.channels=2"], "data.channels=2 is not allowed"),
     ],
 )
 def test_bad_overrides_name_the_key_and_what_is_allowed(overrides, expected):
@@ -86,7 +90,7 @@ def test_missing_dataset_is_bad_input_on_one_line(tmp_path):
                    env={"DIGITS_CACHE_DIR": str(tmp_path / "cache")})
     assert proc.returncode == 2, proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "MNIST could not be loaded" in error_lines[0]
+    assert len(error_lines) == 1 and "mnist could not be loaded from data.root=" in error_lines[0]
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
 

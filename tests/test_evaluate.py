@@ -62,9 +62,9 @@ def test_an_unconditional_generator_gets_class_balance_but_no_cas_or_tstr(tmp_pa
         (["n=300"], "pass exactly one of generator="),
         (["generator=x.safetensors", "samples=y", "n=300"], "pass exactly one of generator="),
         (["samples={tmp}/nothing-here"], "is not a complete shard set"),
-        (["generator={classifier}"], "holds a classifier model, but a dcgan is needed"),
+        (["generator={classifier}"], "holds a classifier model, but a dcgan or mean model is needed"),
         (["generator={tmp}/missing.safetensors"], "missing.safetensors"),
-        (["samples={tmp}/s", "classifier=builtin:cifar"], "is not shipped"),
+        (["samples={tmp}/s", "classifier=builtin:cifar"], "is not a shipped classifier"),
         (["samples={tmp}/s", "n=5"], "n=5 is out of range"),
     ],
 )

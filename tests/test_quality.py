@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from job import data, quality, scoring
+from job.config import DataConfig
 
 
 # ----------------------------------------------------------------------------- known values
@@ -65,7 +66,7 @@ def mnist():
     import os
 
     root = os.environ["DIGITS_DATA_DIR"]
-    return data.load_split("mnist", root, train=True), data.load_split("mnist", root, train=False)
+    return data.load_split(DataConfig(root=root), train=True), data.load_split(DataConfig(root=root), train=False)
 
 
 @pytest.fixture(scope="module")

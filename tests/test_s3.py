@@ -127,3 +127,38 @@ def test_two_ranks_on_one_node_share_one_download_of_the_dataset(pushed_mnist, b
     files = os.listdir(cache / "datasets" / bucket / "datasets" / "mnist")
     assert sorted(files) == sorted(f + ".gz" for f in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
                                                        "train-images-idx3-ubyte", "train-labels-idx1-ubyte"))
+
+
+def test_an_image_folder_pushed_to_s3_trains_from_its_verified_copy(bucket, tmp_path, monkeypatch):
+    from test_datasets import make_image_folder
+
+    root = make_image_folder(tmp_path / "shapes", per_class=3)
+    uri = f"s3://{bucket}/datasets/shapes"
+    assert main(["data", "push", "imagefolder", uri, f"data.root={root}"]) == 0
+    manifest = json.loads(storage.read_bytes(f"{uri}/manifest.json"))
+    assert manifest["name"] == "imagefolder" and "circle/000.png" in manifest["files"] and len(manifest["files"]) == 9
+    monkeypatch.setenv("DIGITS_CACHE_DIR", str(tmp_path / "cache"))
+    assert train(tmp_path / "run", "model.kind=mean", "data.name=imagefolder", f"data.root={uri}") == 0
+    G, _, _ = load_generator(str(tmp_path / "run" / "generator.safetensors"))
+    assert G.output_shape == (3, 28, 28) and G.num_classes == 3
+    # A pushed dataset is read only as the dataset it is.
+    assert train(tmp_path / "run2", "data.name=mnist", f"data.root={uri}", "train.steps=1") == 2
+
+
+def test_transform_reads_images_from_s3_and_writes_printed_digits_there(bucket, tmp_path):
+    from test_autoencoder import photo_of
+
+    from job import data
+    from job.config import DataConfig
+
+    test = data.load_split(DataConfig(), train=False)
+    for i in range(3):
+        path = tmp_path / f"{i}.png"
+        photo_of(test.images[i, 0].numpy(), side=120, seed=i).save(path)
+        storage.upload_file(str(path), f"s3://{bucket}/scans/page-{i}.png")
+    out = f"s3://{bucket}/printed"
+    assert main(["transform", f"inputs=s3://{bucket}/scans", f"out={out}"]) == 0
+    report = json.loads(storage.read_bytes(f"{out}/report.json"))
+    assert [o["input"] for o in report["outputs"]] == ["page-0.png", "page-1.png", "page-2.png"]
+    assert [o["digit"] for o in report["outputs"]] == test.labels[:3].tolist()
+    assert storage.exists(f"{out}/page-0.png") and storage.exists(f"{out}/side-by-side.png")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO, accelerate_launch, run_job, train
-from job import sample, shards, storage
+from job import shards, storage
 from job.cli import main
 
 

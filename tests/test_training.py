@@ -110,7 +110,7 @@ def test_only_the_newest_checkpoints_are_kept(tmp_path):
 def test_the_generator_file_describes_itself_and_samples_each_class(full_run):
     G, info, _ = load_generator(str(full_run / "generator.safetensors"))
     assert info["kind"] == "dcgan" and info["arch"] == "dcgan28" and info["step"] == 6
-    assert info["kwargs"] == {"latent_dim": 16, "width": 8, "channels": 1, "num_classes": 10}
+    assert info["kwargs"] == {"latent_dim": 16, "width": 8, "channels": 1, "num_classes": 10, "image_size": 28}
     z = torch.randn(10, 16)
     out = G(z, torch.arange(10))
     assert out.shape == (10, 1, 28, 28) and out.min() >= -1 and out.max() <= 1

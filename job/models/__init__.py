@@ -6,30 +6,57 @@ Every size is a constructor argument (no module globals), so a model file's meta
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 import torch
 from torch import nn
 
 from job.errors import BadInput
+from job.models.autoencoder import PrintedDigitAutoencoder
 from job.models.classifier import DigitClassifier
 from job.models.dcgan import ARCHS
+from job.models.mean import MeanImages
 
 # kind -> arch -> constructor. A file names both, so old files keep loading when new
 # architectures arrive.
 BUILDERS: dict[str, dict[str, type[nn.Module]]] = {
     "dcgan": {arch: pair[0] for arch, pair in ARCHS.items()},
     "classifier": {"cnn": DigitClassifier},
+    "autoencoder": {"conv": PrintedDigitAutoencoder},
+    "mean": {"mean": MeanImages},
 }
+# Model files shipped inside the package (job/weights/README.md says how each was made):
+# `classifier=builtin:mnist`, `transform generator=builtin:mnist`.
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_FILES = {
+    "classifier": {"mnist": "classifier-mnist.safetensors"},
+    "autoencoder": {"mnist": "autoencoder-mnist.safetensors"},
+}
+# Kinds that `sample` and `evaluate` draw digits from: forward(z, labels) -> images.
+GENERATOR_KINDS = ("dcgan", "mean")
 
 
 def build_gan(arch: str, latent_dim: int, g_width: int, d_width: int, channels: int, num_classes: int,
-              minibatch_std: bool = False):
+              minibatch_std: bool = False, image_size: int = 28):
     """(generator, discriminator, generator kwargs) for a DCGAN architecture."""
     gen_cls, disc_cls = ARCHS[arch]
     g_kwargs = {"latent_dim": latent_dim, "width": g_width, "channels": channels, "num_classes": num_classes}
-    D = disc_cls(width=d_width, channels=channels, num_classes=num_classes, minibatch_std=minibatch_std)
-    return gen_cls(**g_kwargs), D, g_kwargs
+    d_kwargs = {"width": d_width, "channels": channels, "num_classes": num_classes, "minibatch_std": minibatch_std}
+    if arch != "dcgan64":  # the classic architecture has one size
+        g_kwargs["image_size"] = d_kwargs["image_size"] = image_size
+    return gen_cls(**g_kwargs), disc_cls(**d_kwargs), g_kwargs
+
+
+def resolve_builtin(spec: str, kind: str) -> str:
+    """A model URI, with `builtin:<name>` resolved to the file of that kind in job/weights."""
+    if not spec.startswith(BUILTIN_PREFIX):
+        return spec
+    name, shipped = spec[len(BUILTIN_PREFIX):], BUILTIN_FILES.get(kind, {})
+    if name not in shipped:
+        choices = ", ".join(BUILTIN_PREFIX + k for k in shipped) or "none"
+        raise BadInput(f"{spec!r} is not a shipped {kind} (shipped: {choices}); pass a model file URI")
+    return str(resources.files("job") / "weights" / shipped[name])
 
 
 def build_model(kind: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -41,13 +68,15 @@ def build_model(kind: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:
         raise BadInput(f"model arguments {kwargs} do not fit {kind} arch {arch}: {e}") from None
 
 
-def load_model(uri: str, kind: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, bytes]:
-    """Rebuild the `kind` model stored in `uri`, in eval mode. Returns (model, info, file bytes)."""
+def load_model(uri: str, kind: str | tuple[str, ...], device: torch.device | str = "cpu") -> tuple[nn.Module, dict, bytes]:
+    """Rebuild the model stored in `uri` (of `kind`, or one of several), in eval mode.
+    Returns (model, info, file bytes)."""
     from job.checkpoint import read_model_file
 
     tensors, info, data = read_model_file(uri)
-    if info["kind"] != kind:
-        raise BadInput(f"{uri} holds a {info['kind']} model, but a {kind} is needed here")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if info["kind"] not in kinds:
+        raise BadInput(f"{uri} holds a {info['kind']} model, but a {' or '.join(kinds)} model is needed here")
     model = build_model(info["kind"], info["arch"], info["kwargs"])
     try:
         model.load_state_dict(tensors, strict=True)
@@ -58,4 +87,5 @@ def load_model(uri: str, kind: str, device: torch.device | str = "cpu") -> tuple
 
 
 def load_generator(uri: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict, bytes]:
-    return load_model(uri, "dcgan", device)
+    """A model that draws digits from noise and labels: a DCGAN generator or the mean model."""
+    return load_model(uri, GENERATOR_KINDS, device)

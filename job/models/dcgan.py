@@ -1,8 +1,9 @@
 """DCGAN generators and discriminators, unconditional or class-conditional.
 
 Two architectures:
-- `dcgan28`: MNIST-native 28x28. Dense projection of z to 7x7, then two stride-2
-  transposed convolutions (the shape used by the seed projects). Cheap enough for CPUs.
+- `dcgan28`: MNIST-shaped. Dense projection of z to S/4 x S/4, then two stride-2
+  transposed convolutions (the shape used by the seed projects; 7x7 -> 28x28 for MNIST).
+  Cheap enough for CPUs; `image_size` S may be any multiple of 4 (28, 32, 48, 64).
 - `dcgan64`: the classic DCGAN of pytorch/examples (Radford et al.) at 64x64, so its speed
   can be compared like for like with that script.
 
@@ -81,47 +82,55 @@ class MinibatchStd(nn.Module):
         return torch.cat([h, spread.expand(h.shape[0], 1, *h.shape[2:])], dim=1)
 
 
+def _quarter(image_size: int) -> int:
+    if image_size % 4:
+        raise ValueError(f"image_size {image_size} is not a multiple of 4")
+    return image_size // 4
+
+
 class Generator28(nn.Module):
-    def __init__(self, latent_dim: int = 100, width: int = 64, channels: int = 1, num_classes: int = 10):
+    def __init__(self, latent_dim: int = 100, width: int = 64, channels: int = 1, num_classes: int = 10,
+                 image_size: int = 28):
         super().__init__()
-        self.latent_dim, self.num_classes, self.image_size = latent_dim, num_classes, 28
-        self.output_shape = (channels, 28, 28)
+        self.latent_dim, self.num_classes, self.image_size = latent_dim, num_classes, image_size
+        self.output_shape = (channels, image_size, image_size)
         self.cond = _ConditionalInput(num_classes)
-        w = width
+        w, q = width, _quarter(image_size)  # q = 7 for MNIST
         self.project = nn.Sequential(
-            nn.Linear(latent_dim + self.cond.extra_dim, 4 * w * 7 * 7, bias=False),  # [B, 4w*49]
+            nn.Linear(latent_dim + self.cond.extra_dim, 4 * w * q * q, bias=False),  # [B, 4w*q*q]
         )
         self.body = nn.Sequential(
-            nn.BatchNorm2d(4 * w), nn.ReLU(True),  # [B, 4w, 7, 7]
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=False),  # [B, 2w, 14, 14]
+            nn.BatchNorm2d(4 * w), nn.ReLU(True),  # [B, 4w, q, q]
+            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=False),  # [B, 2w, 2q, 2q]
             nn.BatchNorm2d(2 * w), nn.ReLU(True),
-            nn.ConvTranspose2d(2 * w, channels, 4, 2, 1),  # [B, C, 28, 28]
+            nn.ConvTranspose2d(2 * w, channels, 4, 2, 1),  # [B, C, 4q, 4q]
             nn.Tanh(),
         )
-        self._width = w
+        self._width, self._quarter = w, q
         init_dcgan_weights(self)
         if self.cond.embed is not None:
             nn.init.normal_(self.cond.embed.weight, 0.0, 1.0)  # same scale as z
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.project(self.cond(z, labels)).view(-1, 4 * self._width, 7, 7)
+        x = self.project(self.cond(z, labels)).view(-1, 4 * self._width, self._quarter, self._quarter)
         return self.body(x)
 
 
 class Discriminator28(nn.Module):
-    def __init__(self, width: int = 64, channels: int = 1, num_classes: int = 10, minibatch_std: bool = False):
+    def __init__(self, width: int = 64, channels: int = 1, num_classes: int = 10, minibatch_std: bool = False,
+                 image_size: int = 28):
         super().__init__()
-        w = width
+        w, q = width, _quarter(image_size)
         extra = 1 if minibatch_std else 0
         self.body = nn.Sequential(
-            nn.Conv2d(channels, w, 4, 2, 1),  # [B, w, 14, 14]; no norm on the first layer
+            nn.Conv2d(channels, w, 4, 2, 1),  # [B, w, 2q, 2q]; no norm on the first layer
             nn.LeakyReLU(0.2, True),
-            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # [B, 2w, 7, 7]
+            nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False),  # [B, 2w, q, q]
             nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2, True),
-            *([MinibatchStd()] if minibatch_std else []),  # [B, 2w (+1), 7, 7]
-            nn.Flatten(),  # [B, (2w + 1)*49]
+            *([MinibatchStd()] if minibatch_std else []),  # [B, 2w (+1), q, q]
+            nn.Flatten(),  # [B, (2w + 1)*q*q]
         )
-        self.head = _ProjectionHead((2 * w + extra) * 7 * 7, num_classes)
+        self.head = _ProjectionHead((2 * w + extra) * q * q, num_classes)
         init_dcgan_weights(self)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
