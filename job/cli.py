@@ -9,8 +9,9 @@
     python -m job presets            # list the shipped presets
 
 Exit codes: 0 done; 2 bad input (one line on stderr saying what and how to fix it,
-nothing written); 3 storage unreachable (one line naming the endpoint); anything else is
-a fault and keeps its traceback.
+nothing written); 3 storage unreachable (one line naming the endpoint); 143 (130) stopped
+by SIGTERM (SIGINT) after saving a checkpoint, resumable; anything else is a fault and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import sys
 
 from job.errors import JobError
+from job.preemption import Preempted
 
 COMMANDS = {
     "train": "train a model: dcgan (conditional or not), autoencoder, mean, classifier",
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         return _run(argv)
+    except Preempted as e:  # not an error: the run saved its work and can be resumed
+        print("stopped: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
+        return e.exit_code
     except JobError as e:
         # One line, always: wrapped library messages can carry newlines.
         print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)

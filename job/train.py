@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import time
 
 import torch
@@ -29,6 +30,7 @@ from job import checkpoint, config, data, runtime, storage
 from job.augment import random_affine
 from job.errors import BadInput
 from job.logs import MetricsLog
+from job.preemption import Preempted, StopSignals
 
 
 def resolve_resume(cfg: config.TrainJob) -> str | None:
@@ -247,36 +249,51 @@ class Trainer:
             desc="train", unit="step", dynamic_ncols=True,
         )
         window_start, window_steps = time.perf_counter(), 0
-        for step in range(self.start_step, t.steps):
-            out = self.train_step(step)
-            done = step + 1
-            self.after_step(done)
-            bar.update(1)
-            window_steps += 1
+        with StopSignals() as signals:
+            for step in range(self.start_step, t.steps):
+                out = self.train_step(step)
+                done = step + 1
+                self.after_step(done)
+                bar.update(1)
+                window_steps += 1
 
-            last = done == t.steps
-            checkpoint_now = done % t.checkpoint_every == 0 or last
-            if done % t.log_every == 0 or last:
-                stats = {k: acc.reduce(v, reduction="mean").item() for k, v in out.items()}
-                elapsed = time.perf_counter() - window_start
-                record = {
-                    "step": done,
-                    **{k: round(v, 6) for k, v in stats.items()},
-                    "images_per_s": round(window_steps * t.batch_size * acc.num_processes / elapsed, 1),
-                }
-                if acc.is_main_process and checkpoint_now:
-                    record.update(self.evaluate(done))
-                if metrics is not None:
-                    metrics.log(record)
-                    metrics.flush()
-                bar.set_postfix({k: f"{v:.3f}" for k, v in list(stats.items())[:2]})
-                window_start, window_steps = time.perf_counter(), 0
-            if acc.is_main_process and (done % t.sample_every == 0 or last):
-                self.write_grid(done)
-            if checkpoint_now:
-                self.save_checkpoint(done)
+                last = done == t.steps
+                checkpoint_now = done % t.checkpoint_every == 0 or last
+                if done % t.log_every == 0 or last:
+                    stats = {k: acc.reduce(v, reduction="mean").item() for k, v in out.items()}
+                    elapsed = time.perf_counter() - window_start
+                    record = {
+                        "step": done,
+                        **{k: round(v, 6) for k, v in stats.items()},
+                        "images_per_s": round(window_steps * t.batch_size * acc.num_processes / elapsed, 1),
+                    }
+                    if acc.is_main_process and checkpoint_now:
+                        record.update(self.evaluate(done))
+                    if metrics is not None:
+                        metrics.log(record)
+                        metrics.flush()
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in list(stats.items())[:2]})
+                    window_start, window_steps = time.perf_counter(), 0
+                if acc.is_main_process and (done % t.sample_every == 0 or last):
+                    self.write_grid(done)
+                if checkpoint_now:
+                    self.save_checkpoint(done)
+                signum = signals.stop_agreed(acc, done)
+                if signum and not last:
+                    self._stop_early(done, signum, saved=checkpoint_now, bar=bar, metrics=metrics)
         bar.close()
         return self._finish(t.steps, metrics)
+
+    def _stop_early(self, done: int, signum: int, saved: bool, bar, metrics: MetricsLog | None) -> None:
+        """Save a checkpoint at `done` (unless one was just saved) and raise Preempted."""
+        if not saved:
+            self.save_checkpoint(done)
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+        name = signal.Signals(signum).name
+        raise Preempted(f"{name} at step {done}: checkpoint saved to "
+                        f"{checkpoint.step_dir(self.cfg.run.dir, done)}; run the same command to resume", signum)
 
     def _finish(self, step: int, metrics: MetricsLog | None) -> dict:
         """Export the model file and prove all ranks hold the same parameters."""
