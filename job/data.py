@@ -21,8 +21,6 @@ from job import config, datasets, storage
 from job.errors import BadInput
 
 DATASET_MANIFEST = "manifest.json"
-# Files of the datasets torchvision keeps flat in its root.
-FLAT_FILES = {"usps": ("usps.bz2", "usps.t.bz2"), "svhn": ("train_32x32.mat", "test_32x32.mat")}
 
 
 def cache_dir() -> str:
@@ -47,8 +45,8 @@ def dataset_files(dataset: datasets.Dataset, root: str) -> dict[str, str]:
     dataset is read from."""
     if dataset.idx_files:
         return {os.path.basename(p): p for p in datasets.find_idx_files(root, dataset).values()}
-    if dataset.name in FLAT_FILES:
-        paths = {n: os.path.join(root, n) for n in FLAT_FILES[dataset.name]}
+    if dataset.flat_files:
+        paths = {n: os.path.join(root, n) for n in dataset.flat_files}
         return {n: p for n, p in paths.items() if os.path.isfile(p)}
     files = {}
     for folder, dirs, names in os.walk(root):
@@ -80,11 +78,6 @@ def push(name: str, data_cfg: config.DataConfig, dest: str) -> dict:
     return manifest
 
 
-def _inside(rel: str) -> bool:
-    parts = rel.split("/")
-    return bool(rel) and not rel.startswith("/") and "\\" not in rel and ".." not in parts and "" not in parts
-
-
 def fetch(uri: str, name: str) -> str:
     """A local, verified copy of dataset `name` pushed to `uri`; downloaded once per node.
 
@@ -106,7 +99,7 @@ def fetch(uri: str, name: str) -> str:
     bucket, key = storage.split_s3(uri)
     local = os.path.join(cache_dir(), "datasets", bucket, key.strip("/"))
     for rel, digest in entries:
-        if not _inside(rel):
+        if not storage.stays_inside(rel):
             raise BadInput(f"{manifest_uri} names a file outside its prefix: {rel!r}")
         path = os.path.join(local, *rel.split("/"))
         if os.path.isfile(path) and storage.file_sha256(path) == digest:
@@ -156,6 +149,11 @@ def _load_image_folder(root: str, data_cfg: config.DataConfig, train: bool, devi
         if other != classes:
             raise BadInput(f"{train_root} and {test_root} must hold the same class folders ({classes} vs {other})")
     return Split(images.to(device), labels.to(device), len(classes))
+
+
+def to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Model output in [-1, 1] -> uint8 grey levels (the inverse of to_model_input)."""
+    return images.float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def to_model_input(batch: torch.Tensor, image_size: int, channels_last: bool) -> torch.Tensor:

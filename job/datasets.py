@@ -33,6 +33,7 @@ class Dataset:
     channels: int | None  # None: from the images (imagefolder)
     image_size: int | None  # native side length; None: data.image_size or 28 (imagefolder)
     idx_files: tuple[str, ...] = ()  # the idx files a flat folder may hold, if any
+    flat_files: tuple[str, ...] = ()  # files torchvision keeps directly in its root, if any
 
 
 CATALOG: dict[str, Dataset] = {
@@ -40,8 +41,8 @@ CATALOG: dict[str, Dataset] = {
     "fashion-mnist": Dataset("fashion-mnist", "FashionMNIST", 1, 28, IDX_FILES),
     "kmnist": Dataset("kmnist", "KMNIST", 1, 28, IDX_FILES),
     "emnist-digits": Dataset("emnist-digits", "EMNIST", 1, 28, tuple(f"emnist-digits-{n}" for n in IDX_FILES)),
-    "usps": Dataset("usps", "USPS", 1, 16),
-    "svhn": Dataset("svhn", "SVHN", 3, 32),
+    "usps": Dataset("usps", "USPS", 1, 16, flat_files=("usps.bz2", "usps.t.bz2")),
+    "svhn": Dataset("svhn", "SVHN", 3, 32, flat_files=("train_32x32.mat", "test_32x32.mat")),
     "imagefolder": Dataset("imagefolder", "ImageFolder", None, None),
 }
 

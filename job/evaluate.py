@@ -44,7 +44,7 @@ def generated_digits(G, n: int, seed: int, batch: int, device) -> tuple[torch.Te
 
 def _safe_name(name: str, where: str) -> str:
     """A manifest's file name must stay inside its folder."""
-    if not name or name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/") or "://" in name:
+    if not storage.stays_inside(name):
         raise BadInput(f"{where} names a file outside its folder: {name!r}")
     return name
 
@@ -196,7 +196,7 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, co
         images = images[torch.cat(picks)] if picks else images[:0]
     else:
         images = images[: columns * 10]
-    return grid_png(images.float().div(127.5).sub(1.0), nrow=columns)
+    return grid_png(data.to_model_input(images, images.shape[-1], channels_last=False), nrow=columns)
 
 
 def default_out(cfg: config.EvaluateJob) -> str:

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm import tqdm
 
-from job import checkpoint, config, runtime, scoring, shards, storage
+from job import checkpoint, config, data, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
 
@@ -104,7 +104,7 @@ def generate(G, z: torch.Tensor, labels: torch.Tensor, batch: int, device: torch
         yc = labels[start : start + batch].to(device, non_blocking=True) if G.num_classes else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             x = G(zc, yc)
-        pixels = x.float().add_(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
+        pixels = data.to_pixels(x)
         out[start : start + batch].copy_(pixels, non_blocking=True)
     if pin:
         torch.cuda.current_stream(device).synchronize()
@@ -194,14 +194,14 @@ def shard_done(out: str, index: int) -> bool:
 def write_shard(out: str, plan: Plan, index: int, images: torch.Tensor, labels: torch.Tensor, drawn: int) -> dict:
     """Encode and store one shard, then its record (last: the record marks it done)."""
     files = shards.encode(plan.format, index, images, labels, plan.labeled)
-    for name, data in files.items():
-        storage.write_bytes(storage.join(out, name), data)
+    for name, blob in files.items():
+        storage.write_bytes(storage.join(out, name), blob)
     histogram = torch.bincount(labels[labels >= 0], minlength=plan.num_classes).tolist() if plan.labeled else []
     record = {
         "index": index,
         "count": int(labels.shape[0]),
         "seed": runtime.stream_seed(plan.seed, index),
-        "files": {name: {"sha256": checkpoint.sha256(data), "bytes": len(data)} for name, data in files.items()},
+        "files": {name: {"sha256": checkpoint.sha256(blob), "bytes": len(blob)} for name, blob in files.items()},
         "label_histogram": histogram,
         "drawn": drawn,  # digits generated to keep `count` (more than count with min_confidence)
     }

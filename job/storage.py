@@ -27,6 +27,14 @@ from job.errors import BadInput, StorageUnreachable
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bytes; larger files go up and down in parts
 
 
+def stays_inside(name: str) -> bool:
+    """Whether a relative name from a manifest stays inside its folder or prefix: not
+    empty, not absolute, no `..`, empty or backslash parts, no scheme."""
+    parts = name.split("/")
+    return (bool(name) and not name.startswith("/") and "\\" not in name and "://" not in name
+            and ".." not in parts and "" not in parts)
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 

@@ -34,7 +34,7 @@ def font_templates(font_spec: str, image_size: int) -> tuple[list[str], torch.Te
         pixels = digit_image.templates(fonts, image_size)
     except (OSError, ValueError) as e:
         raise BadInput(f"model.font={font_spec!r} cannot be used ({e}): give TTF/OTF paths, auto or builtin") from None
-    return fonts, torch.from_numpy(pixels).float().div(127.5).sub(1.0)
+    return fonts, data.to_model_input(torch.from_numpy(pixels), image_size, channels_last=False)
 
 
 class AutoencoderTrainer(Trainer):

@@ -89,9 +89,9 @@ def output_names(names: list[str]) -> list[str]:
 
 
 def thumbnail(image: Image.Image, size: int) -> torch.Tensor:
-    """The original as grey, fitted into size x size, in [-1, 1] [1, S, S] (for the preview)."""
+    """The original as grey, fitted into size x size: uint8 [1, S, S] (for the preview)."""
     grey = ImageOps.pad(image.convert("L"), (size, size), color=255)
-    return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(1, size, size).float() / 127.5 - 1
+    return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(1, size, size)
 
 
 def png(pixels: torch.Tensor) -> bytes:
@@ -141,13 +141,14 @@ def main(cfg: config.TransformJob) -> int:
             outputs.append(model(x).float().cpu())
     printed = torch.cat(outputs)  # [N, fonts, S, S] in [-1, 1]
     digits, distances = nearest_template(printed, model.templates.cpu())
-    pixels = printed.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+    pixels = data.to_pixels(printed)
 
     names = output_names(good)
     for name, image in zip(names, pixels):
         storage.write_bytes(storage.join(cfg.out, name), png(image))
     rows = len(previews)
-    columns = [torch.stack(previews), handwritten[:rows, :1].float() / 127.5 - 1]
+    columns = [data.to_model_input(torch.stack(previews), size, False),
+               data.to_model_input(handwritten[:rows, :1], size, False)]
     columns += [printed[:rows, f : f + 1] for f in range(printed.shape[1])]
     preview = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: input, then column
     preview = torch.nn.functional.interpolate(preview, scale_factor=PREVIEW_SCALE, mode="nearest")
