@@ -11,6 +11,7 @@
 #                      passed as train.mixed_precision unless the arguments set it already.
 #   NNODES, NODE_RANK (else JOB_COMPLETION_INDEX), MASTER_ADDR, MASTER_PORT
 #                      multi-node training: set by the k8s Indexed Job; c10d rendezvous.
+#                      CPU nodes run one gloo process each.
 #   DIGITS_DRY_RUN=1   print the launch command instead of running it.
 set -euo pipefail
 
@@ -30,25 +31,27 @@ case "$gpus" in '' | *[!0-9]*) echo "error: DIGITS_GPU_COUNT=$gpus is not a numb
 # The job applies precision itself (autocast per step), so accelerate is told "no".
 launch=(accelerate launch --mixed_precision no --dynamo_backend no)
 args=("$@")
-if [ "$gpus" -eq 0 ]; then
+nnodes=${NNODES:-1}
+case "$nnodes" in '' | 0 | *[!0-9]*) echo "error: NNODES=$nnodes is not a positive number" >&2; exit 2 ;; esac
+if [ "$nnodes" -gt 1 ]; then
+  # One process per GPU on every node (one per node on CPU nodes: gloo), joined through a
+  # c10d rendezvous hosted by node 0. --multi_gpu is accelerate's flag for "DDP"; without
+  # CUDA the processes use gloo.
+  per_node=$((gpus > 0 ? gpus : 1))
+  rank=${NODE_RANK:-${JOB_COMPLETION_INDEX:-0}}
+  launch+=(--multi_gpu --num_machines "$nnodes" --machine_rank "$rank" --num_processes $((per_node * nnodes))
+           --main_process_ip "${MASTER_ADDR:?MASTER_ADDR is needed for multi-node training}"
+           --main_process_port "${MASTER_PORT:-29500}" --rdzv_backend c10d)
+elif [ "$gpus" -eq 0 ]; then
   # CPU fallback: one process using every core (the job sets its thread count).
   launch+=(--cpu --num_processes 1 --num_machines 1)
+elif [ "$gpus" -gt 1 ]; then
+  launch+=(--multi_gpu --num_processes "$gpus" --num_machines 1)
 else
-  nnodes=${NNODES:-1}
-  if [ "$nnodes" -gt 1 ]; then
-    rank=${NODE_RANK:-${JOB_COMPLETION_INDEX:-0}}
-    launch+=(--multi_gpu --num_machines "$nnodes" --machine_rank "$rank" --num_processes $((gpus * nnodes))
-             --main_process_ip "${MASTER_ADDR:?MASTER_ADDR is needed for multi-node training}"
-             --main_process_port "${MASTER_PORT:-29500}" --rdzv_backend c10d)
-  elif [ "$gpus" -gt 1 ]; then
-    launch+=(--multi_gpu --num_processes "$gpus" --num_machines 1)
-  else
-    launch+=(--num_processes 1 --num_machines 1)
-  fi
-  precision=${DIGITS_PRECISION:-bf16}
-  if [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -q '^train\.mixed_precision='; then
-    args+=("train.mixed_precision=$precision")
-  fi
+  launch+=(--num_processes 1 --num_machines 1)
+fi
+if [ "$gpus" -gt 0 ] && [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -q '^train\.mixed_precision='; then
+  args+=("train.mixed_precision=${DIGITS_PRECISION:-bf16}")
 fi
 command=("${launch[@]}" -m job "${args[@]}")
 

@@ -3,14 +3,15 @@ entrypoint's launch command for 0, 1 and 4 GPUs (printed, not run)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"]
@@ -89,3 +90,52 @@ def test_a_bad_gpu_count_is_refused():
     proc = subprocess.run(["bash", str(ENTRYPOINT), "train"], capture_output=True, text=True,
                           env={**os.environ, "DIGITS_GPU_COUNT": "four", "DIGITS_DRY_RUN": "1"})
     assert proc.returncode == 2 and "DIGITS_GPU_COUNT=four is not a number" in proc.stderr
+
+
+def test_cpu_nodes_of_a_multi_node_job_run_one_gloo_process_each():
+    command = entrypoint(0, "train", NNODES="3", JOB_COMPLETION_INDEX="2", MASTER_ADDR="trainer-0.trainer")
+    assert "--num_machines 3 --machine_rank 2 --num_processes 3" in command and "--cpu" not in command
+    assert command.endswith("-m job train")  # no GPU precision on CPU nodes
+
+
+def test_a_bad_node_count_is_refused():
+    proc = subprocess.run(["bash", str(ENTRYPOINT), "train"], capture_output=True, text=True,
+                          env={**os.environ, "DIGITS_GPU_COUNT": "0", "NNODES": "two", "DIGITS_DRY_RUN": "1"})
+    assert proc.returncode == 2 and "NNODES=two is not a positive number" in proc.stderr
+
+
+def test_two_cpu_nodes_meet_through_the_entrypoint_and_train_as_one(tmp_path):
+    """What the multi-node Indexed Job does, on 127.0.0.1: two entrypoints, ranks 0 and 1,
+    a real c10d rendezvous and a 2-process gloo run that writes one run."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DIGITS_GPU_COUNT": "0",
+           "NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    def start(rank: int) -> subprocess.Popen:
+        return subprocess.Popen(["bash", str(ENTRYPOINT), "train", "--config", "debug", f"run.dir={run_dir}"],
+                                cwd=REPO, env={**env, "JOB_COMPLETION_INDEX": str(rank)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    # On one host both nodes' addresses are "this machine", so either could host the c10d
+    # store; in a cluster only pod 0 owns MASTER_ADDR. Start node 1 once node 0 listens.
+    nodes = [start(0)]
+    deadline = time.monotonic() + 120
+    while nodes[0].poll() is None and time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    nodes.append(start(1))
+    try:
+        outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    world = json.loads((run_dir / "world.json").read_text())
+    assert world["world_size"] == 2 and world["ranks_identical"]
+    assert (run_dir / "generator.safetensors").exists()
