@@ -56,7 +56,25 @@ def step_dir(run_dir: str, step: int) -> str:
 def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
     # safetensors wants contiguous CPU tensors that share no memory.
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    return st_save(clean, metadata=metadata)
+    data = st_save(clean, metadata=metadata)
+    return _sorted_metadata(data) if metadata and len(metadata) > 1 else data
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """The same file with its metadata keys in sorted order.
+
+    safetensors writes metadata from a hash map, whose order changes from call to call, so
+    the same weights would give files with different bytes (and sha256). Offsets are
+    explicit in the header, so reordering its JSON keys changes nothing else; the header
+    keeps its length (the original padding is spaces, which JSON ignores).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    if len(text) > n:  # cannot happen for the same keys and values; keep the original
+        return data
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n :]
 
 
 def bytes_to_tensors(data: bytes, where: str) -> dict[str, torch.Tensor]:

@@ -170,6 +170,28 @@ class DataJob:
 
 
 @dataclass
+class StringsConfig:
+    """`sample layout=strings`: how digits are set into a string image (see job/strings.py)."""
+
+    # Drawn texts (when neither text nor texts is given): digits per string, "6" or "4-8",
+    # and the digit distribution: uniform or ten weights for 0..9 ("1,1,1,1,1,1,1,1,1,2").
+    length: str = "6"
+    digits: str = "uniform"
+    # Image height in pixels, and width: 0 = as wide as the string (a shard pads its images
+    # to its widest; each image's own width is stored), or a fixed width (longer strings are
+    # scaled down to fit, shorter ones padded on the right).
+    height: int = _bounded(28, min=8, max=256)
+    width: int = _bounded(0, min=0, max=8192)
+    # Ranges "low,high" drawn per digit: the gap to the next digit in pixels (negative: the
+    # digits overlap, by at most 4), the size relative to the height, the slant (horizontal
+    # shift per unit of height; + leans right); and the baseline jitter, +-pixels.
+    spacing: str = "-2,3"
+    scale: str = "0.8,1.0"
+    slant: str = "-0.15,0.15"
+    jitter: float = _bounded(1.5, min=0.0, max=32.0)
+
+
+@dataclass
 class SampleJob:
     """`job sample`: bulk-generate labeled digits from a generator file into shards."""
 
@@ -209,6 +231,15 @@ class SampleJob:
     min_confidence: float = _bounded(0.0, min=0.0, max=1.0)
     # The judge of min_confidence: builtin:mnist (shipped) or a classifier.safetensors URI.
     classifier: str = "builtin:mnist"
+    # digits: one digit per image. strings: images of digit strings (numbers) with their
+    # texts and per-digit boxes, each digit from the generator with its own noise.
+    layout: Literal["digits", "strings"] = "digits"
+    # strings: the text of every image (e.g. 2026), or a file/URI of strings, one per line,
+    # used in order and repeated to reach `count`; neither: texts are drawn (strings.length,
+    # strings.digits) from each shard's stream.
+    text: Optional[str] = None
+    texts: str = ""
+    strings: StringsConfig = field(default_factory=StringsConfig)
 
     def check(self) -> None:
         for key in ("generator", "out"):
@@ -216,6 +247,20 @@ class SampleJob:
                 raise BadInput(f"{key} is required: sample ... generator=<run>/generator.safetensors count=N out=<URI>")
         if self.count == 0:
             raise BadInput("count is required and must be >= 1, e.g. count=60000")
+        if self.layout == "strings":
+            from job import strings  # checks every layout value (one line each)
+
+            strings.Layout.from_config(self.strings)
+            if self.text is not None and self.texts:
+                raise BadInput("pass text=<digits> or texts=<file>, not both")
+            if self.text is not None:
+                self.text = strings.check_text(str(self.text), "text")
+            if self.format == "idx":
+                raise BadInput("format=idx holds single digits only: use format=safetensors or webdataset for strings")
+            if self.labels != "balanced":
+                raise BadInput("labels= chooses single digits; for strings use strings.digits= (or text=/texts=)")
+        elif self.text is not None or self.texts:
+            raise BadInput("text= and texts= are for layout=strings")
         if self.labels not in ("balanced", "uniform"):
             parts = [p.strip() for p in self.labels.split(",")]
             if not all(p.isdigit() for p in parts) or not parts:
@@ -321,8 +366,13 @@ def _read_config_source(spec: str) -> tuple[dict, str]:
     if spec.endswith((".yaml", ".yml")) or os.sep in spec:
         if not os.path.isfile(spec):
             raise BadInput(f"config file {spec!r} does not exist")
-        with open(spec, encoding="utf-8") as f:
-            text, where = f.read(), spec
+        try:
+            with open(spec, encoding="utf-8") as f:
+                text, where = f.read(), spec
+        except UnicodeDecodeError as e:
+            raise BadInput(f"config file {spec!r} is not UTF-8 text (byte {e.start}): is it the right file?") from None
+        except OSError as e:
+            raise BadInput(f"config file {spec!r} cannot be read ({e.strerror})") from None
     else:
         preset = resources.files("job") / "configs" / f"{spec}.yaml"
         if not preset.is_file():

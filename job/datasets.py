@@ -13,6 +13,8 @@ the cache, so torchvision finds them without going online.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -75,7 +77,12 @@ def torchvision_root(root: str, dataset: Dataset, cache: str) -> str:
     sources = find_idx_files(root, dataset)
     if len(sources) < len(dataset.idx_files):
         return root  # torchvision will download here when online
-    stage = os.path.join(cache, "staged", os.path.abspath(root).strip("/").replace("/", "_"))
+    # Keyed by the sources' sizes and times too: a replaced or repaired file is staged
+    # afresh instead of meeting the copy of its old self.
+    stamp = hashlib.sha256(json.dumps(
+        sorted((name, os.stat(src).st_size, os.stat(src).st_mtime_ns) for name, src in sources.items())
+    ).encode()).hexdigest()[:12]
+    stage = os.path.join(cache, "staged", os.path.abspath(root).strip("/").replace("/", "_") + "-" + stamp)
     raw = os.path.join(stage, dataset.torchvision_class, "raw")
     os.makedirs(raw, exist_ok=True)
     for name, src in sources.items():

@@ -49,36 +49,50 @@ def _safe_name(name: str, where: str) -> str:
     return name
 
 
-def shard_set_digits(uri: str, n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Up to n digits of a complete shard set, in shard order, each file checked against
-    the manifest's sha256. Returns (images, labels, manifest)."""
+def read_manifest(uri: str) -> dict:
+    """The manifest of a complete shard set (BadInput when there is none or it is not one)."""
     manifest_uri = storage.join(uri, sample.MANIFEST)
     if not storage.exists(manifest_uri):
         raise BadInput(f"samples={uri} is not a complete shard set: no {sample.MANIFEST} (is `job sample` finished?)")
     try:
         manifest = json.loads(storage.read_bytes(manifest_uri))
         fmt, records = manifest["shard_format"], manifest["shards"]
+        if not isinstance(records, list):
+            raise TypeError("shards is not a list")
     except (ValueError, KeyError, TypeError) as e:
         raise BadInput(f"{manifest_uri} is not a digit-job manifest ({e})") from None
     if fmt not in shards.FORMATS:
         raise BadInput(f"{manifest_uri} names an unknown shard format {fmt!r}")
+    return manifest
+
+
+def verified_shard_files(uri: str, record: dict, manifest_uri: str) -> dict[str, bytes]:
+    """{name: bytes} of one shard of the set at `uri`, each checked against its manifest sha256."""
+    files = {}
+    for name, entry in record["files"].items():
+        blob = storage.read_bytes(storage.join(uri, _safe_name(name, manifest_uri)))
+        if checkpoint.sha256(blob) != entry["sha256"]:
+            raise BadInput(f"{storage.join(uri, name)} does not match the sha256 in {manifest_uri}")
+        files[name] = blob
+    return files
+
+
+def shard_set_digits(uri: str, manifest: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to n digits of a complete shard set, in shard order, each file checked against
+    the manifest's sha256. Returns (images, labels)."""
+    manifest_uri = storage.join(uri, sample.MANIFEST)
+    fmt, records = manifest["shard_format"], manifest["shards"]
     images, labels, have = [], [], 0
     for record in records:
         if have >= n:
             break
-        files = {}
-        for name, entry in record["files"].items():
-            blob = storage.read_bytes(storage.join(uri, _safe_name(name, manifest_uri)))
-            if checkpoint.sha256(blob) != entry["sha256"]:
-                raise BadInput(f"{storage.join(uri, name)} does not match the sha256 in {manifest_uri}")
-            files[name] = blob
-        x, y = shards.decode(fmt, files)
+        x, y = shards.decode(fmt, verified_shard_files(uri, record, manifest_uri))
         images.append(x)
         labels.append(y)
         have += len(y)
     if not images:
         raise BadInput(f"samples={uri} holds no digits")
-    return torch.cat(images)[:n], torch.cat(labels)[:n], manifest
+    return torch.cat(images)[:n], torch.cat(labels)[:n]
 
 
 def class_means_model(train: data.Split, image_size: int):
@@ -215,6 +229,13 @@ def main(cfg: config.EvaluateJob) -> int:
     started = time.perf_counter()
     # Everything that can reject the input happens before anything is written.
     classifier, classifier_info, _ = scoring.load_classifier(cfg.classifier)
+    manifest = read_manifest(cfg.samples) if cfg.samples else None
+    if manifest is not None and manifest.get("layout") == "strings":
+        from job import evaluate_strings
+
+        out = default_out(cfg)
+        storage.check_writable(out)
+        return evaluate_strings.main(cfg, manifest, out, classifier, classifier_info)
     G = None
     if cfg.generator:
         from job.models import load_generator
@@ -236,7 +257,7 @@ def main(cfg: config.EvaluateJob) -> int:
     storage.check_writable(out)
     wanted = max(cfg.n, cfg.tstr.n)
     if cfg.samples:
-        images, labels, manifest = shard_set_digits(cfg.samples, wanted)
+        images, labels = shard_set_digits(cfg.samples, manifest, wanted)
         subject = {"uri": cfg.samples, "kind": "samples", "count": manifest.get("count"),
                    "generator": manifest.get("generator")}
         if len(labels) < cfg.n:
@@ -293,11 +314,16 @@ def main(cfg: config.EvaluateJob) -> int:
         "config": config.to_dict(cfg),
     }
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    storage.write_bytes(storage.join(out, "grid.png"), sample_grid(images[: cfg.n], labels[: cfg.n], train.num_classes))
-    markdown = report_markdown(report)
+    grid = sample_grid(images[: cfg.n], labels[: cfg.n], train.num_classes)
+    write_report(out, report, report_markdown(report), grid)
+    acc.wait_for_everyone()
+    return 0
+
+
+def write_report(out: str, report: dict, markdown: str, grid_png: bytes) -> None:
+    """grid.png, report.md and report.json into `out`; the markdown is printed too."""
+    storage.write_bytes(storage.join(out, "grid.png"), grid_png)
     storage.write_bytes(storage.join(out, "report.md"), markdown.encode())
     storage.write_bytes(storage.join(out, "report.json"), json.dumps(report, indent=1).encode())
     print(markdown, flush=True)
-    say(f"wrote {storage.join(out, 'report.json')}, report.md and grid.png")
-    acc.wait_for_everyone()
-    return 0
+    print(f"digit-job evaluate: wrote {storage.join(out, 'report.json')}, report.md and grid.png", flush=True)

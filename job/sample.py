@@ -4,6 +4,10 @@
         count=1000000 out=s3://bucket/synthetic/run1 [format=safetensors|webdataset|idx] \
         [shard_size=10000] [labels=balanced|uniform|3,5,8] [seed=0]
     python -m job sample --config <file.yaml> count=60000 out=/data/digits
+    python -m job sample generator=... count=10000 out=/data/numbers layout=strings [text=2026 | texts=<file>]
+
+layout=strings makes images of digit strings (numbers) instead: job/strings.py composes
+them, one generated digit per character, with their texts and per-digit boxes.
 
 Data flow: config -> generator file (self-describing) -> plan (ceil(count / shard_size)
 shards; shard i's noise and labels come from a CPU stream seeded by (seed, i)) -> this
@@ -22,9 +26,10 @@ import json
 import math
 import os
 import queue
+import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 from tqdm import tqdm
@@ -32,6 +37,7 @@ from tqdm import tqdm
 from job import checkpoint, config, data, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
+from job.preemption import Preempted, StopSignals
 
 RECORDS = "_records"
 PLAN = "plan.json"
@@ -54,6 +60,15 @@ class Plan:
     image_shape: list[int]  # [C, H, W]
     min_confidence: float = 0.0
     classifier_sha256: str = ""  # the judge of min_confidence (empty when it is 0)
+    layout: str = "digits"
+    strings: dict | None = None  # layout=strings: config.StringsConfig as a dict
+    text: str | None = None  # layout=strings: the one text of every image
+    texts_sha256: str = ""  # layout=strings: the texts file (its lines are in `texts` below)
+
+    def string_layout(self):
+        from job import strings
+
+        return strings.Layout.from_config(config.StringsConfig(**self.strings))
 
     @property
     def num_shards(self) -> int:
@@ -146,21 +161,20 @@ class ConfidenceFilter:
 
 
 @torch.inference_mode()  # generate() returns inference tensors; redraws write into them
-def shard_digits(G, plan: Plan, index: int, batch: int, device: torch.device,
-                 keep: ConfidenceFilter | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(images, labels, digits drawn) of shard `index`. With a filter, the digits it rejects
-    are redrawn round by round from the shard's own stream (same labels, new noise), so the
+def digits_for(G, plan: Plan, labels: torch.Tensor, gen: torch.Generator, batch: int, device: torch.device,
+               keep: ConfidenceFilter | None, index: int) -> tuple[torch.Tensor, int]:
+    """(images, digits drawn) for `labels`, noise from `gen`. With a filter, the digits it
+    rejects are redrawn round by round from the same stream (same labels, new noise), so the
     result depends only on the plan, never on timing or on the number of workers."""
-    gen = shard_stream(plan, index)
-    z, labels = draw_inputs(plan.shard_count(index), G.latent_dim, plan.num_classes, plan.labels, gen)
+    z = torch.randn(len(labels), G.latent_dim, generator=gen)
     images = generate(G, z, labels, batch, device, plan.precision)
     drawn = len(labels)
     if keep is None:
-        return images, labels, drawn
+        return images, drawn
     pending = torch.nonzero(~keep.accepts(images, labels)).flatten()
     for _ in range(keep.MAX_ROUNDS):
         if len(pending) == 0:
-            return images, labels, drawn
+            return images, drawn
         z = torch.randn(len(pending), G.latent_dim, generator=gen)
         candidates = generate(G, z, labels[pending], batch, device, plan.precision)
         drawn += len(pending)
@@ -170,7 +184,38 @@ def shard_digits(G, plan: Plan, index: int, batch: int, device: torch.device,
     if len(pending):
         raise BadInput(f"shard {index}: {len(pending)} digits still below min_confidence={keep.min_confidence} "
                        f"after {keep.MAX_ROUNDS} redraws: lower it (finished shards are kept)")
-    return images, labels, drawn
+    return images, drawn
+
+
+def shard_digits(G, plan: Plan, index: int, batch: int, device: torch.device,
+                 keep: ConfidenceFilter | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
+    """((images, labels), digits drawn) of shard `index`: labels first, then the noise."""
+    gen = shard_stream(plan, index)
+    labels = draw_labels(plan.shard_count(index), plan.num_classes, plan.labels, gen)
+    images, drawn = digits_for(G, plan, labels, gen, batch, device, keep, index)
+    return (images, labels), drawn
+
+
+def shard_strings(G, plan: Plan, index: int, batch: int, device: torch.device, keep: ConfidenceFilter | None = None,
+                  texts: list[str] | None = None):
+    """(StringBatch, digits drawn) of shard `index`: the texts (given, from the texts file,
+    or drawn), then every digit's layout draws, then the digits, all from the shard's stream."""
+    from job import strings
+
+    gen = shard_stream(plan, index)
+    layout = plan.string_layout()
+    n = plan.shard_count(index)
+    if plan.text is not None:
+        chosen = [plan.text] * n
+    elif texts:
+        first = index * plan.shard_size
+        chosen = [texts[(first + k) % len(texts)] for k in range(n)]
+    else:
+        chosen = strings.draw_texts(n, layout, gen)
+    labels = torch.tensor([int(ch) for text in chosen for ch in text], dtype=torch.int64)
+    draws = strings.GlyphDraws.draw(len(labels), layout, gen)
+    digits, drawn = digits_for(G, plan, labels, gen, batch, device, keep, index)
+    return strings.assemble(chosen, digits, draws, layout), drawn
 
 
 # ----------------------------------------------------------------------------- records
@@ -191,19 +236,28 @@ def shard_done(out: str, index: int) -> bool:
         return False  # a torn or foreign record: the shard is made again
 
 
-def write_shard(out: str, plan: Plan, index: int, images: torch.Tensor, labels: torch.Tensor, drawn: int) -> dict:
-    """Encode and store one shard, then its record (last: the record marks it done)."""
-    files = shards.encode(plan.format, index, images, labels, plan.labeled)
+def write_shard(out: str, plan: Plan, index: int, content, drawn: int) -> dict:
+    """Encode and store one shard, then its record (last: the record marks it done).
+    `content` is (images, labels) of single digits, or a StringBatch."""
+    if plan.layout == "strings":
+        files = shards.encode_strings(plan.format, index, content)
+        labels = content.labels.flatten()
+        count = len(content.texts)
+    else:
+        images, labels = content
+        files = shards.encode(plan.format, index, images, labels, plan.labeled)
+        count = int(labels.shape[0])
     for name, blob in files.items():
         storage.write_bytes(storage.join(out, name), blob)
     histogram = torch.bincount(labels[labels >= 0], minlength=plan.num_classes).tolist() if plan.labeled else []
     record = {
         "index": index,
-        "count": int(labels.shape[0]),
+        "count": count,
         "seed": runtime.stream_seed(plan.seed, index),
         "files": {name: {"sha256": checkpoint.sha256(blob), "bytes": len(blob)} for name, blob in files.items()},
         "label_histogram": histogram,
-        "drawn": drawn,  # digits generated to keep `count` (more than count with min_confidence)
+        "digits": int((labels >= 0).sum()) if plan.labeled else count,
+        "drawn": drawn,  # digits generated to keep those (more with min_confidence)
     }
     storage.write_bytes(record_uri(out, index), json.dumps(record, indent=1).encode())
     return record
@@ -230,8 +284,13 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
         "base_seed": plan.seed,
         "min_confidence": plan.min_confidence,
         "classifier": {"uri": cfg.classifier, "sha256": plan.classifier_sha256} if plan.min_confidence else None,
-        "acceptance_rate": sum(r["count"] for r in records) / max(1, sum(r.get("drawn", r["count"]) for r in records)),
+        "acceptance_rate": (sum(r.get("digits", r["count"]) for r in records)
+                            / max(1, sum(r.get("drawn", r["count"]) for r in records))),
         "image_shape": plan.image_shape,
+        "layout": plan.layout,
+        **({"strings": {"text": plan.text, "texts": cfg.texts or None, "texts_sha256": plan.texts_sha256 or None,
+                        "digits": sum(r["digits"] for r in records), **plan.strings}}
+           if plan.layout == "strings" else {}),
         "generator": {"uri": cfg.generator, "sha256": plan.generator_sha256, **plan.generator_info},
         "config": config.to_dict(cfg),
         "shards": records,
@@ -267,6 +326,21 @@ def _pods(cfg: config.SampleJob) -> tuple[int, int]:
     return pod, pods
 
 
+def _strings_input(cfg: config.SampleJob, G) -> tuple[list[str] | None, str]:
+    """layout=strings: check the generator can draw digits; read the texts file if any."""
+    if cfg.layout != "strings":
+        return None, ""
+    if G.num_classes != 10 or G.output_shape[0] not in (1, 3):
+        raise BadInput(f"layout=strings needs a class-conditional generator of the ten digits; {cfg.generator} "
+                       f"has {G.num_classes or 'no'} classes")
+    if not cfg.texts:
+        return None, ""
+    data = storage.read_bytes(cfg.texts)
+    from job import strings
+
+    return strings.parse_texts_file(data, cfg.texts), checkpoint.sha256(data)
+
+
 def _check_plan(out: str, plan: Plan) -> bool:
     """Refuse to mix shards of different jobs under one prefix. Returns whether `out`
     already records this plan."""
@@ -275,7 +349,9 @@ def _check_plan(out: str, plan: Plan) -> bool:
         return False
     saved = json.loads(storage.read_bytes(uri))
     mine = asdict(plan)
-    diff = [k for k in mine if saved.get(k) != mine[k]]
+    # Fields added in later versions compare with their default when a plan lacks them.
+    defaults = {f.name: f.default for f in fields(Plan) if f.default is not MISSING}
+    diff = [k for k in mine if saved.get(k, defaults.get(k)) != mine[k]]
     if diff:
         raise BadInput(
             f"{out} already holds shards of a different sampling job ({', '.join(diff)} differ): "
@@ -329,6 +405,7 @@ def main(cfg: config.SampleJob) -> int:
     if cfg.label_choices() is not None and (not G.num_classes or max(cfg.label_choices()) >= G.num_classes):
         raise BadInput(f"labels={cfg.labels} asks for classes this generator does not have "
                        f"(it has {G.num_classes or 'no'} classes)")
+    texts, texts_sha256 = _strings_input(cfg, G)
     classifier, classifier_sha256 = None, ""
     if cfg.min_confidence > 0:
         classifier, classifier_sha256 = _confidence_classifier(cfg, G)
@@ -337,6 +414,8 @@ def main(cfg: config.SampleJob) -> int:
         format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=cfg.precision,
         num_classes=G.num_classes, image_shape=list(G.output_shape),
         min_confidence=cfg.min_confidence, classifier_sha256=classifier_sha256,
+        layout=cfg.layout, strings=asdict(cfg.strings) if cfg.layout == "strings" else None,
+        text=cfg.text, texts_sha256=texts_sha256,
     )
     plan_recorded = _check_plan(cfg.out, plan)
     pod, pods = _pods(cfg)
@@ -353,7 +432,8 @@ def main(cfg: config.SampleJob) -> int:
     # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
     worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
     runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, runtime.Precision(cfg.precision, device.type))}")
-    runtime.print0(acc, f"digit-job sample: {plan.count} digits in {plan.num_shards} {plan.format} shards "
+    unit = "strings" if plan.layout == "strings" else "digits"
+    runtime.print0(acc, f"digit-job sample: {plan.count} {unit} in {plan.num_shards} {plan.format} shards "
                         f"to {cfg.out} ({workers} workers)")
     if acc.is_main_process and worker == 0 and not plan_recorded:
         storage.write_bytes(storage.join(cfg.out, RECORDS, PLAN), json.dumps(asdict(plan), indent=1).encode())
@@ -366,19 +446,34 @@ def main(cfg: config.SampleJob) -> int:
 
     bar = tqdm(total=sum(plan.shard_count(i) for i in todo), disable=not (acc.is_main_process and cfg.progress),
                desc="sample", unit="digit", unit_scale=True, dynamic_ncols=True)
-    writers = _Writers(cfg.writers, cfg.queue,
-                       lambda i, x, y, drawn: (write_shard(cfg.out, plan, i, x, y, drawn), bar.update(len(y))))
+    writers = _Writers(cfg.writers, cfg.queue, lambda i, content, drawn: (
+        write_shard(cfg.out, plan, i, content, drawn), bar.update(plan.shard_count(i))))
     started = time.perf_counter()
-    try:
-        for index in todo:
-            writers.put((index, *shard_digits(G, plan, index, cfg.batch_size, device, keep)))
-    finally:
-        writers.close()
-        bar.close()
+    generated = 0
+    # SIGTERM/SIGINT: stop generating, let the writers finish the shards already made
+    # (each gets its record), then exit 143/130. A rerun skips every finished shard.
+    with StopSignals() as signals:
+        try:
+            for index in todo:
+                if plan.layout == "strings":
+                    made = shard_strings(G, plan, index, cfg.batch_size, device, keep, texts)
+                else:
+                    made = shard_digits(G, plan, index, cfg.batch_size, device, keep)
+                writers.put((index, *made))
+                generated += 1
+                if signals.signum:
+                    break
+        finally:
+            writers.close()
+            bar.close()
+    if signals.signum and generated < len(todo):
+        name = signal.Signals(signals.signum).name
+        raise Preempted(f"{name}: worker {worker} wrote {generated} of its {len(todo)} remaining shards; the rest "
+                        f"are not started; run the same command to finish {cfg.out}", signals.signum)
     elapsed = time.perf_counter() - started
     made = sum(plan.shard_count(i) for i in todo)
-    print(f"digit-job sample: worker {worker}: wrote {len(todo)} shards ({made} digits) in {elapsed:.1f}s"
-          + (f", {made / elapsed:.0f} digits/s" if made else ""), flush=True)
+    print(f"digit-job sample: worker {worker}: wrote {len(todo)} shards ({made} {unit}) in {elapsed:.1f}s"
+          + (f", {made / elapsed:.0f} {unit}/s" if made else ""), flush=True)
 
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -387,6 +482,6 @@ def main(cfg: config.SampleJob) -> int:
             print(f"digit-job sample: other workers still have shards to write; the last one writes "
                   f"{storage.join(cfg.out, MANIFEST)}", flush=True)
         else:
-            print(f"digit-job sample: complete: {manifest['count']} digits, manifest {storage.join(cfg.out, MANIFEST)}",
+            print(f"digit-job sample: complete: {manifest['count']} {unit}, manifest {storage.join(cfg.out, MANIFEST)}",
                   flush=True)
     return 0

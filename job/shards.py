@@ -5,6 +5,13 @@
 - idx:         `shard-000123-images-idx3-ubyte.gz` (+ `shard-000123-labels-idx1-ubyte.gz`),
                the MNIST file format that any MNIST loader reads
 
+Strings (`layout=strings`) in the same files:
+- safetensors: `images` uint8 [N, C, H, W] padded on the right to the shard's widest,
+  `widths` [N], `labels` [N, L] (the digits, -1 past the end), `lengths` [N], `boxes`
+  [N, L, 4] ([x0, y0, x1, y1) per digit, -1 past the end)
+- webdataset: `<key>.png` (the image at its own width), `<key>.txt` (the string) and
+  `<key>.json` ({"text", "boxes"})
+
 Encoders are deterministic: the same tensors give the same bytes (tar and gzip headers
 carry no timestamps or owners), so a shard's sha256 depends only on its contents.
 Unconditional samples have label -1 (safetensors, webdataset `.cls`) and no idx label file.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import struct
 import tarfile
 
@@ -49,6 +57,53 @@ def encode(fmt: str, index: int, images: torch.Tensor, labels: torch.Tensor, lab
     out = {names[0]: _gzip(_idx_bytes(images.numpy() if images.shape[1] > 1 else images[:, 0].numpy()))}
     if labeled:
         out[names[1]] = _gzip(_idx_bytes(labels.to(torch.uint8).numpy()))
+    return out
+
+
+def encode_strings(fmt: str, index: int, batch) -> dict[str, bytes]:
+    """{file name: bytes} for one shard of strings (a job.strings.StringBatch)."""
+    name = shard_files(fmt, index, True)[0]
+    if fmt == "safetensors":
+        tensors = {"images": batch.images, "widths": batch.widths, "labels": batch.labels, "lengths": batch.lengths,
+                   "boxes": batch.boxes}
+        return {name: st_save({k: v.contiguous() for k, v in tensors.items()})}
+    if fmt != "webdataset":
+        raise BadInput(f"format={fmt} holds single digits only: use safetensors or webdataset for strings")
+    buf = io.BytesIO()
+    array = batch.images.numpy()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for j, text in enumerate(batch.texts):
+            key = f"{index:06d}_{j:06d}"
+            _add(tar, f"{key}.png", _png(array[j, :, :, : int(batch.widths[j])]))
+            _add(tar, f"{key}.txt", text.encode())
+            boxes = batch.boxes[j, : len(text)].tolist()
+            _add(tar, f"{key}.json", json.dumps({"text": text, "boxes": boxes}, separators=(",", ":")).encode())
+    return {name: buf.getvalue()}
+
+
+def decode_strings(fmt: str, files: dict[str, bytes]) -> list[tuple[torch.Tensor, str, list[list[int]]]]:
+    """[(image uint8 [C, H, own width], text, boxes)] of a shard of strings."""
+    data = files[sorted(files)[0]]
+    if fmt == "safetensors":
+        t = st_load(data)
+        out = []
+        for i in range(t["images"].shape[0]):
+            n = int(t["lengths"][i])
+            text = "".join(str(int(d)) for d in t["labels"][i, :n])
+            out.append((t["images"][i, :, :, : int(t["widths"][i])], text, t["boxes"][i, :n].tolist()))
+        return out
+    items: dict[str, dict] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                key, _, ext = member.name.partition(".")
+                items.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    out = []
+    for key in sorted(items):
+        array = np.array(Image.open(io.BytesIO(items[key]["png"])))
+        image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        meta = json.loads(items[key]["json"])
+        out.append((image, meta["text"], meta["boxes"]))
     return out
 
 

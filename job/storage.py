@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from typing import Iterator
 
 from job.errors import BadInput, StorageUnreachable
@@ -192,12 +193,31 @@ def write_bytes(uri: str, data: bytes) -> None:
         raise
 
 
+def _read_object(bucket: str, key: str) -> bytes:
+    """GET an object's bytes, retrying when the body is cut off, stalls or fails its checksum.
+
+    botocore retries a request until its response headers arrive; the body is read after
+    that, outside its retry loop, so a connection dropped mid-body would otherwise fail the job.
+    """
+    from botocore import exceptions as bx
+
+    attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "5")))
+    for attempt in range(1, attempts + 1):
+        try:
+            body = _s3().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["Body"]
+            return body.read()
+        except (bx.ResponseStreamingError, bx.IncompleteReadError, bx.ReadTimeoutError, bx.FlexibleChecksumError):
+            if attempt == attempts:
+                raise
+            time.sleep(min(0.2 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
 def read_bytes(uri: str) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
-            body = _s3().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["Body"]
-            return body.read()
+            return _read_object(bucket, key)
     try:
         with open(uri, "rb") as f:
             return f.read()

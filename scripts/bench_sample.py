@@ -15,9 +15,7 @@ Writes bench-results/sample-<device>.json.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,25 +51,12 @@ def bare_rate(generator: Path, batch: int, seconds: float = 10.0) -> float:
 
 def run_sample(args: list[str], env: dict | None = None) -> dict:
     """Run `python -m job sample` and return its digits/s, wall time and peak RSS."""
-    import psutil
-
     cmd = [sys.executable, "-m", "job", "sample", "progress=false", *args]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=benchlib.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
-    ps, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, ps.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.1)
-    output = proc.stdout.read()
-    if proc.returncode != 0:
+    code, output, peak, wall = benchlib.run_watched(cmd, env)
+    if code != 0:
         raise SystemExit(f"sampling failed:\n{output}")
     rate = float(re.search(r"([\d.]+) digits/s", output).group(1))
-    return {"digits_per_s": round(rate, 1), "wall_s": round(time.perf_counter() - started, 1),
-            "peak_rss_mb": round(peak / 2**20, 1)}
+    return {"digits_per_s": round(rate, 1), "wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1)}
 
 
 def main() -> None:

@@ -50,3 +50,32 @@ def write_results(name: str, payload: dict) -> Path:
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+def run_watched(cmd: list[str], env: dict | None = None, stop_when=None, stop_signal: int = 15):
+    """Run `cmd` from the repository root, polling its peak RSS (process and children).
+
+    `stop_when()`, polled every 0.1 s, may return True once to send `stop_signal` to the
+    process (a preemption in the middle). Returns (returncode, output, peak RSS bytes, wall s).
+    """
+    import subprocess
+
+    import psutil
+
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    ps, peak, signalled = psutil.Process(proc.pid), 0, False
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.NoSuchProcess:
+            break
+        if stop_when is not None and not signalled and stop_when():
+            proc.send_signal(stop_signal)
+            signalled = True
+        time.sleep(0.1)
+    output = proc.stdout.read()
+    proc.wait()
+    return proc.returncode, output, peak, time.perf_counter() - started

@@ -15,7 +15,7 @@ from conftest import run_job, train
 from job import data
 from job.cli import main
 from job.config import DataConfig
-from job.evaluate import shard_set_digits
+from job.evaluate import read_manifest, shard_set_digits
 from job.models import load_generator
 
 SHAPES = ("circle", "cross", "square")
@@ -81,7 +81,8 @@ def test_a_gan_and_the_mean_model_train_on_48_pixel_rgb_images(tmp_path):
     assert train(tmp_path / "mean", *common, "model.kind=mean") == 0
     mean_file = str(tmp_path / "mean" / "generator.safetensors")
     assert main(["sample", f"generator={mean_file}", "count=30", f"out={tmp_path / 'shards'}", "progress=false"]) == 0
-    images, labels, _ = shard_set_digits(str(tmp_path / "shards"), 30)
+    shard_set = str(tmp_path / "shards")
+    images, labels = shard_set_digits(shard_set, read_manifest(shard_set), 30)
     assert images.shape == (30, 3, 48, 48)
     split = data.load_split(DataConfig(name="imagefolder", root=str(root), image_size=48), train=True)
     for c in range(3):

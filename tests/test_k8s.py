@@ -228,7 +228,7 @@ def test_every_job_passes_arguments_and_a_config_the_job_accepts(rendered, tmp_p
     values = {**config_map(objs, "digit-job-run")["data"], **config_map(objs, "digit-job-s3")["data"]}
     for name, text in config_map(objs, "digit-job-config")["data"].items():
         (tmp_path / name).write_text(text)
-    for name, job in jobs(objs).items():
+    for job in jobs(objs).values():
         args = [expand(a, values).replace("/etc/digit-job/", f"{tmp_path}/") for a in containers(job)[0]["args"]]
         parsed = cli._parser().parse_args(args)
         cfg = config.load(parsed.command, parsed.config, parsed.overrides)

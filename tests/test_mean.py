@@ -9,7 +9,7 @@ from conftest import read_metrics, train
 from job import data
 from job.cli import main
 from job.config import DataConfig
-from job.evaluate import shard_set_digits
+from job.evaluate import read_manifest, shard_set_digits
 from job.models import load_generator
 
 
@@ -29,7 +29,8 @@ def test_the_mean_models_samples_equal_the_per_class_means(mean_run, mnist_train
     out = tmp_path / "shards"
     assert main(["sample", f"generator={mean_run / 'generator.safetensors'}", "count=200", f"out={out}",
                  "progress=false"]) == 0
-    images, labels, manifest = shard_set_digits(str(out), 200)
+    manifest = read_manifest(str(out))
+    images, labels = shard_set_digits(str(out), manifest, 200)
     assert manifest["count"] == 200 and torch.bincount(labels).tolist() == [20] * 10
     for c in range(10):
         expected = mnist_train.images[mnist_train.labels == c].double().mean(0)

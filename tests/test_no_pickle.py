@@ -46,3 +46,13 @@ def test_no_source_file_unpickles_or_imports_a_pickle_module(path: Path):
             if node.module in ("torch", "yaml"):
                 names = {a.name for a in node.names}
                 assert not names & {"load", "unsafe_load"}, f"{path}:{node.lineno} imports {node.module}.load"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_yaml_is_only_ever_read_with_the_safe_loader(path: Path):
+    """yaml.load with a full Loader builds Python objects from tags; only safe_* is used."""
+    allowed = {"yaml.safe_load", "yaml.safe_load_all", "yaml.safe_dump", "yaml.safe_dump_all", "yaml.YAMLError"}
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _dotted(node).startswith("yaml."):
+            assert _dotted(node) in allowed, f"{path}:{node.lineno} uses {_dotted(node)}"

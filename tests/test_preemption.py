@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,3 +74,30 @@ def test_sigterm_to_the_launchers_process_group_stops_accelerate_launch_the_same
     assert "stopped: SIGTERM at step" in stderr, stderr[-2000:]
     steps = checkpoint.complete_steps(str(run_dir))
     assert len(steps) == 1 and steps[0] >= 12 and steps[0] % 10 == 0  # both ranks agreed on a step
+
+
+def test_sigterm_to_sampling_finishes_the_shards_in_hand_and_the_rerun_completes_the_set(tmp_path):
+    gen_run = tmp_path / "gen"
+    assert subprocess.run([sys.executable, "-m", "job", "train", "--config", "debug", f"run.dir={gen_run}",
+                           "train.steps=1"], cwd=REPO, capture_output=True).returncode == 0
+    out = tmp_path / "digits"
+    cmd = [sys.executable, "-m", "job", "sample", f"generator={gen_run / 'generator.safetensors'}",
+           "count=200000", "shard_size=2000", f"out={out}", "progress=false"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    records = out / "_records"
+    deadline = time.monotonic() + 120
+    while len(list(records.glob("shard-*.json")) if records.exists() else []) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped: SIGTERM: worker 0 wrote"), stderr
+    done = sorted(p.name for p in records.glob("shard-*.json"))
+    shards = sorted(p.name for p in out.glob("shard-*.safetensors"))
+    assert 3 <= len(done) < 100 and [d.replace(".json", ".safetensors") for d in done] == shards  # none half-made
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(done)} of 100 shards already done" in rerun.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == 200000 and [s["index"] for s in manifest["shards"]] == list(range(100))
