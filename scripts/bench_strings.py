@@ -23,6 +23,7 @@ import re
 import sys
 
 import benchlib
+from bench_quality import trained_to
 
 
 def job(*args: str) -> tuple[str, int, float]:
@@ -42,8 +43,13 @@ def main() -> None:
     benchlib.use_default_data_dir()
     work = (benchlib.REPO / args.work).resolve()
     generator = work / "cond" / "generator.safetensors"
-    if not generator.exists():
-        print(f"training the quality-cpu generator into {work / 'cond'} (about 23 minutes on 2 cores)", flush=True)
+    from job import config
+
+    steps = config.load("train", "quality-cpu", []).train.steps
+    # A generator file is exported at every checkpoint: only a finished run is the benchmark's.
+    if not trained_to(work / "cond", steps):
+        print(f"training the quality-cpu generator into {work / 'cond'} (about 23 minutes on 2 cores; "
+              "continues a stopped run)", flush=True)
         job("train", "--config", "quality-cpu", f"run.dir={work / 'cond'}", "train.progress=false")
     results: dict = {"generator": str(generator.relative_to(benchlib.REPO)), "count": args.count,
                      "length": args.length, "runs": {}}
