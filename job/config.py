@@ -183,8 +183,9 @@ class StringsConfig:
     height: int = _bounded(28, min=8, max=256)
     width: int = _bounded(0, min=0, max=8192)
     # Ranges "low,high" drawn per digit: the gap to the next digit in pixels (negative: the
-    # digits overlap, by at most 4), the size relative to the height, the slant (horizontal
-    # shift per unit of height; + leans right); and the baseline jitter, +-pixels.
+    # digits overlap, by at most 4 and a quarter of the narrower one), the size relative to
+    # the height, the slant (horizontal shift per unit of height; + leans right); and the
+    # baseline jitter, +-pixels.
     spacing: str = "-2,3"
     scale: str = "0.8,1.0"
     slant: str = "-0.15,0.15"

@@ -36,6 +36,29 @@ def read_strings(uri: str, manifest: dict, n: int) -> list[tuple[torch.Tensor, s
     return items[:n]
 
 
+def without_neighbours(crop: np.ndarray, left_shared: bool, right_shared: bool) -> np.ndarray:
+    """The crop with the strokes of neighbouring digits removed.
+
+    Where boxes overlap, a cut also holds pieces of the neighbours' strokes: small blobs
+    that touch the cut's edge on the neighbour's side. The digit's own ink is its largest
+    blob and whatever else is sizeable or away from those edges."""
+    from scipy import ndimage
+
+    blobs, count = ndimage.label(crop > 0, structure=np.ones((3, 3)))
+    if count <= 1 or not (left_shared or right_shared):
+        return crop
+    masses = ndimage.sum(crop, blobs, index=np.arange(1, count + 1))
+    largest = masses.max()
+    keep = np.ones(count + 1, dtype=bool)
+    keep[0] = False
+    for b in range(1, count + 1):
+        columns = np.nonzero((blobs == b).any(axis=0))[0]
+        at_shared_edge = (left_shared and columns[0] == 0) or (right_shared and columns[-1] == crop.shape[1] - 1)
+        if at_shared_edge and masses[b - 1] < 0.25 * largest:
+            keep[b] = False
+    return np.where(keep[blobs], crop, 0.0)
+
+
 def cut_digits(image: torch.Tensor, boxes: list[list[int]], size: int) -> np.ndarray:
     """uint8 [len(boxes), size, size]: each boxed digit prepared like an MNIST digit."""
     ink = image.float().amax(dim=0).numpy() / 255.0
@@ -43,6 +66,9 @@ def cut_digits(image: torch.Tensor, boxes: list[list[int]], size: int) -> np.nda
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         crop = ink[y0:y1, x0:x1].copy()
         crop[crop < digit_image.INK_THRESHOLD] = 0.0
+        left_shared = i > 0 and boxes[i - 1][2] > x0  # the previous digit's box reaches into this one
+        right_shared = i + 1 < len(boxes) and boxes[i + 1][0] < x1
+        crop = without_neighbours(crop, left_shared, right_shared)
         try:
             out[i] = digit_image.center_like_mnist(crop, size)
         except digit_image.NoDigit:

@@ -4,7 +4,8 @@ A string image is made of one generated digit per character, each with its own n
 digit is placed in a cell `height` pixels high: scaled (strings.scale), slanted
 (strings.slant: x shifts by slant x the height above the middle), moved up or down
 (strings.jitter), cut to its inked columns, and set after the previous one with a gap of
-strings.spacing pixels (negative: the digits overlap). Ink is combined with max, as pen
+strings.spacing pixels (negative: the digits overlap, by at most a quarter of the narrower
+one). Ink is combined with max, as pen
 strokes on paper would. Every draw comes from the shard's random stream, so a shard's bytes
 depend only on the generator, the seed, the shard index and the layout config.
 
@@ -196,12 +197,14 @@ def compose(cells: torch.Tensor, gaps: list[int]) -> tuple[torch.Tensor, list[li
         # A digit with no ink (a faint generation) still takes a narrow slot of its own.
         spans.append(cols or (side // 2 - side // 8, side // 2 + side // 8))
     xs, x = [], MARGIN
-    for i, (c0, c1) in enumerate(spans):
+    widths = [c1 - c0 for c0, c1 in spans]
+    for i, width in enumerate(widths):
         xs.append(x)
         if i + 1 < len(spans):
-            width = c1 - c0
-            # At least half a digit forward, so boxes stay in reading order under overlap.
-            x += max(width + gaps[i], (width + 1) // 2, 1)
+            # Overlap at most a quarter of the narrower neighbour: two narrow 1s overlapping
+            # by half would read as one thick stroke. Boxes stay in reading order.
+            gap = max(gaps[i], -(min(width, widths[i + 1]) // 4))
+            x += max(width + gap, 1)
     total = xs[-1] + (spans[-1][1] - spans[-1][0]) + MARGIN
     image = torch.zeros(c, h, total, dtype=torch.uint8)
     boxes = []
