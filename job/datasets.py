@@ -79,8 +79,9 @@ def torchvision_root(root: str, dataset: Dataset, cache: str) -> str:
         return root  # torchvision will download here when online
     # Keyed by the sources' sizes and times too: a replaced or repaired file is staged
     # afresh instead of meeting the copy of its old self.
+    stats = {name: os.stat(src) for name, src in sources.items()}
     stamp = hashlib.sha256(json.dumps(
-        sorted((name, os.stat(src).st_size, os.stat(src).st_mtime_ns) for name, src in sources.items())
+        sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats.items())
     ).encode()).hexdigest()[:12]
     stage = os.path.join(cache, "staged", os.path.abspath(root).strip("/").replace("/", "_") + "-" + stamp)
     raw = os.path.join(stage, dataset.torchvision_class, "raw")

@@ -63,7 +63,7 @@ class Plan:
     layout: str = "digits"
     strings: dict | None = None  # layout=strings: config.StringsConfig as a dict
     text: str | None = None  # layout=strings: the one text of every image
-    texts_sha256: str = ""  # layout=strings: the texts file (its lines are in `texts` below)
+    texts_sha256: str = ""  # layout=strings: sha256 of the texts= file (a changed file is another job)
 
     def string_layout(self):
         from job import strings
@@ -445,7 +445,7 @@ def main(cfg: config.SampleJob) -> int:
               flush=True)
 
     bar = tqdm(total=sum(plan.shard_count(i) for i in todo), disable=not (acc.is_main_process and cfg.progress),
-               desc="sample", unit="digit", unit_scale=True, dynamic_ncols=True)
+               desc="sample", unit=unit.rstrip("s"), unit_scale=True, dynamic_ncols=True)
     writers = _Writers(cfg.writers, cfg.queue, lambda i, content, drawn: (
         write_shard(cfg.out, plan, i, content, drawn), bar.update(plan.shard_count(i))))
     started = time.perf_counter()

@@ -73,7 +73,7 @@ def _s3():
             cfg = Config(
                 retries={
                     "mode": os.environ.get("AWS_RETRY_MODE", "adaptive"),
-                    "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "5")),
+                    "max_attempts": _max_attempts(),
                 },
                 connect_timeout=float(os.environ.get("DIGITS_S3_CONNECT_TIMEOUT", "5")),
                 read_timeout=float(os.environ.get("DIGITS_S3_READ_TIMEOUT", "60")),
@@ -84,6 +84,11 @@ def _s3():
             )
             _client = boto3.session.Session().client("s3", config=cfg)
         return _client
+
+
+def _max_attempts() -> int:
+    """Tries per S3 request (AWS_MAX_ATTEMPTS, default 5), for botocore and for body reads."""
+    return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "5")))
 
 
 def reset_client() -> None:
@@ -201,7 +206,7 @@ def _read_object(bucket: str, key: str) -> bytes:
     """
     from botocore import exceptions as bx
 
-    attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "5")))
+    attempts = _max_attempts()
     for attempt in range(1, attempts + 1):
         try:
             body = _s3().get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")["Body"]
