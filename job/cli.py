@@ -9,14 +9,18 @@
     python -m job presets            # list the shipped presets
 
 Exit codes: 0 done; 2 bad input (one line on stderr saying what and how to fix it,
-nothing written); 3 storage unreachable (one line naming the endpoint); 143 (130) stopped
-by SIGTERM (SIGINT) after saving a checkpoint, resumable; anything else is a fault and
-keeps its traceback.
+nothing written); 3 storage unreachable (one line naming the endpoint); 4 GPUs required
+(DIGITS_REQUIRE_GPU=1) but none usable; 5 another process of a multi-process job went away;
+143 (130) stopped by SIGTERM (SIGINT) after saving a checkpoint, resumable; anything else is
+a fault and keeps its traceback. With DIGITS_EXIT_DIR set, each process also writes its code
+to DIGITS_EXIT_DIR/rank-<LOCAL_RANK>: launchers report 1 for any failure, and the container
+entrypoint reads these to pass the job's own code on to Kubernetes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from job.errors import JobError
@@ -101,15 +105,47 @@ def _run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    code = 1  # an exception that escapes below is a fault
+    try:
+        code = _main(argv)
+        return code
+    finally:
+        _record_exit_code(code)
+
+
+def _main(argv: list[str]) -> int:
     try:
         return _run(argv)
     except Preempted as e:  # not an error: the run saved its work and can be resumed
         print("stopped: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
         return e.exit_code
     except JobError as e:
-        # One line, always: wrapped library messages can carry newlines.
-        print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
-        return e.exit_code
+        return _one_line(e)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if "torch.distributed" in sys.modules:  # only then can a peer have gone away
+            from job.runtime import peer_lost
+
+            lost = peer_lost(e)
+            if lost is not None:
+                return _one_line(lost)
+        raise
+
+
+def _one_line(e: JobError) -> int:
+    # One line, always: wrapped library messages can carry newlines.
+    print("error: " + " ".join(str(e).split()), file=sys.stderr, flush=True)
+    return e.exit_code
+
+
+def _record_exit_code(code: int) -> None:
+    folder = os.environ.get("DIGITS_EXIT_DIR")
+    if not folder:
+        return
+    try:
+        with open(os.path.join(folder, f"rank-{os.environ.get('LOCAL_RANK', '0')}"), "w") as f:
+            f.write(f"{code}\n")
+    except OSError:
+        pass  # the entrypoint then reports the launcher's own code

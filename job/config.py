@@ -110,7 +110,7 @@ class TrainConfig:
     checkpoint_every: int = _bounded(1000, min=1)
     # Complete checkpoints kept; older ones are deleted (meta.json first).
     keep_checkpoints: int = _bounded(3, min=1)
-    # Show a tqdm progress bar on the main process.
+    # Progress on the main process: a bar on a terminal, a plain line every 30 s in a log.
     progress: bool = True
 
 
@@ -224,7 +224,7 @@ class SampleJob:
     # Total number of workers (Kubernetes Indexed Job completions); 0 takes
     # $DIGITS_NUM_WORKERS, else 1. This pod's index comes from $JOB_COMPLETION_INDEX.
     workers: int = _bounded(0, min=0, max=100_000)
-    # Show a progress bar on the main process.
+    # Progress on the main process: a bar on a terminal, a plain line every 30 s in a log.
     progress: bool = True
     # Keep only digits the classifier recognizes as their requested class with at least
     # this probability (0 keeps all). Rejected digits are redrawn from the shard's own

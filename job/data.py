@@ -24,11 +24,20 @@ DATASET_MANIFEST = "manifest.json"
 
 
 def cache_dir() -> str:
-    """$DIGITS_CACHE_DIR, else ~/.cache/digit-job (XDG_CACHE_HOME respected)."""
-    if os.environ.get("DIGITS_CACHE_DIR"):
-        return os.environ["DIGITS_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "digit-job")
+    """$DIGITS_CACHE_DIR, else ~/.cache/digit-job (XDG_CACHE_HOME respected), created if
+    needed. Not writable (a read-only root with nothing mounted there): BadInput, one line."""
+    path = os.environ.get("DIGITS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "digit-job")
+    try:
+        os.makedirs(path, exist_ok=True)
+        writable = os.access(path, os.W_OK)
+        reason = "not writable"
+    except OSError as e:
+        writable, reason = False, e.strerror or type(e).__name__
+    if not writable:
+        raise BadInput(f"the cache folder {path} cannot be written ({reason}): mount a writable volume there "
+                       "(an emptyDir in Kubernetes, --tmpfs with docker/podman) or set DIGITS_CACHE_DIR")
+    return path
 
 
 def _dataset(name: str) -> datasets.Dataset:
@@ -121,7 +130,6 @@ class Split:
 def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | str = "cpu") -> Split:
     """Load a whole split of `data_cfg` as tensors on `device`. Bad roots raise BadInput."""
     dataset = _dataset(data_cfg.name)
-    os.makedirs(cache_dir(), exist_ok=True)
     # Several ranks on one node must not download or extract the same files at once.
     with FileLock(os.path.join(cache_dir(), "dataset.lock")):
         root = fetch(data_cfg.root, dataset.name) if storage.is_s3(data_cfg.root) else data_cfg.root

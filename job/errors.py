@@ -4,6 +4,12 @@
   credentials). Retrying the same command cannot help; nothing was written.
 - StorageUnreachable (exit 3): storage did not answer within the configured time. A
   fault: a Kubernetes Job may retry it.
+- DeviceMissing (exit 4): the pod asked for GPUs (DIGITS_REQUIRE_GPU=1) and none is usable.
+  A node fault: a retry may land on a healthy node; training on CPU instead would hold
+  the GPUs for nothing.
+- PeerLost (exit 5): another process of a multi-process job went away mid-run (a preempted
+  or killed pod). Not this process's fault: the multi-node Job ignores it (podFailurePolicy)
+  and the restarted group resumes from the newest checkpoint.
 Any other exception is a bug or a fault: it keeps its traceback and exits 1.
 """
 
@@ -20,3 +26,11 @@ class BadInput(JobError):
 
 class StorageUnreachable(JobError):
     exit_code = 3
+
+
+class DeviceMissing(JobError):
+    exit_code = 4
+
+
+class PeerLost(JobError):
+    exit_code = 5

@@ -1,4 +1,5 @@
-"""Run outputs that are not checkpoints: metrics.jsonl, sample grid PNGs, TensorBoard.
+"""Run outputs that are not checkpoints: metrics.jsonl, sample grid PNGs, TensorBoard, and
+the progress a person reads (a bar on a terminal, plain lines in a pod's log).
 
 All writes go through storage (local or S3) from the main process only.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
+import time
 
 import torch
 from PIL import Image
@@ -75,3 +78,47 @@ def grid_png(images: torch.Tensor, nrow: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+class PlainProgress:
+    """tqdm's update/set_postfix/close, printed as a plain line at most every `every_s`
+    seconds and at the end: a pod log (not a terminal) gets no carriage-return bar."""
+
+    def __init__(self, total: int, initial: int, desc: str, unit: str, every_s: float):
+        self.total, self.n, self.desc, self.unit, self.every_s = total, initial, desc, unit, every_s
+        self.postfix: dict = {}
+        self._started = self._last = time.monotonic()
+        self._start_n = initial
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._last >= self.every_s:
+            self._print()
+
+    def set_postfix(self, postfix: dict) -> None:
+        self.postfix = dict(postfix)
+
+    def close(self) -> None:
+        if self.n > self._start_n:
+            self._print()
+
+    def _print(self) -> None:
+        self._last = time.monotonic()
+        rate = (self.n - self._start_n) / max(self._last - self._started, 1e-9)
+        extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
+        print(f"digit-job {self.desc}: {self.n}/{self.total} {self.unit}s ({rate:.1f} {self.unit}s/s){extra}",
+              file=sys.stderr, flush=True)
+
+
+def progress(enabled: bool, total: int, desc: str, unit: str, initial: int = 0, every_s: float = 30.0, **bar):
+    """A tqdm bar when stderr is a terminal, plain periodic lines otherwise, nothing when
+    not `enabled` (other ranks, progress=false)."""
+    if enabled and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, **bar)
+    if enabled:
+        return PlainProgress(total, initial, desc, unit, every_s)
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=True)

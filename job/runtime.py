@@ -1,19 +1,31 @@
 """The Accelerator and everything that depends on where the job runs.
 
-One place decides: device (CUDA if present, else CPU even under a multi-GPU launch),
-precision (autocast dtype and one GradScaler per optimizer for fp16), CPU threads per
-process, and printing from the main process only.
+One place decides: device (CUDA if present, else CPU even under a multi-GPU launch, unless
+the pod asked for GPUs: DIGITS_REQUIRE_GPU=1), precision (autocast dtype and one GradScaler
+per optimizer for fp16), CPU threads per process (from the container's CPU limit), how long
+a collective may wait for a silent peer, and printing from the main process only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+from job import cpu_budget
+from job.errors import DeviceMissing, PeerLost
+
+# A collective waits this long for a peer that neither answers nor closes its connection
+# (a node that vanished) before the job gives up with PeerLost; torch's default is 30 min.
+# A closed connection (a killed pod) is noticed at once. Override: DIGITS_COLLECTIVE_TIMEOUT.
+COLLECTIVE_TIMEOUT_S = 600
 
 
 @dataclass
@@ -42,17 +54,29 @@ def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision, list
     """
     notes = []
     cuda = torch.cuda.is_available()
+    if not cuda and os.environ.get("DIGITS_REQUIRE_GPU") == "1":
+        raise DeviceMissing(
+            "DIGITS_REQUIRE_GPU=1 (the pod asked for GPUs) but torch sees no usable CUDA device "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda}): check the node's NVIDIA driver and "
+            "device plugin, or run with the cpu overlay / without DIGITS_REQUIRE_GPU"
+        )
+    timeout = datetime.timedelta(seconds=float(os.environ.get("DIGITS_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT_S)))
     # Precision is handled here (autocast + per-optimizer scalers), not by accelerate,
     # whose single GradScaler would be shared by G and D.
-    accelerator = Accelerator(cpu=not cuda, mixed_precision="no")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision="no",
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
     mode = mixed_precision
     if not cuda and mode == "fp16":
         mode = "no"
         notes.append("mixed_precision=fp16 needs a GPU: running in fp32 on CPU")
-    if not cuda and "OMP_NUM_THREADS" not in os.environ:
-        # Share the cores between the processes on this node instead of oversubscribing.
-        per_process = max(1, (os.cpu_count() or 1) // accelerator.state.num_processes)
-        torch.set_num_threads(per_process)
+    if not cuda:
+        # The container's CPU budget (its cgroup limit, not the node's cores); shared between
+        # this node's processes unless the launcher already gave each its OMP_NUM_THREADS.
+        threads = cpu_budget.available()
+        if "OMP_NUM_THREADS" not in os.environ:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.state.num_processes))
+            threads = max(1, threads // local)
+        torch.set_num_threads(threads)
     if cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -78,3 +102,28 @@ def stream_seed(*parts: int) -> int:
     for p in parts:
         h.update(int(p).to_bytes(16, "little", signed=True))
     return int.from_bytes(h.digest(), "little") & (2**63 - 1)
+
+
+# What a collective raises when the process at the other end is gone (gloo's "Connection
+# reset/closed by peer", NCCL's aborted communicator, a store that stopped answering).
+_PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",
+              "ncclremoteerror", "timed out", "timeout", "socket timeout", "connection refused")
+
+
+def peer_lost(error: BaseException) -> PeerLost | None:
+    """The PeerLost that `error` means, when it is a collective failing in a multi-process
+    job because another process went away; None for anything else (a real bug keeps its
+    traceback). Reads torch.distributed only if the job already imported it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    dist_error = getattr(dist, "DistError", ())
+    text = str(error).lower()
+    if not (isinstance(error, dist_error) or (isinstance(error, RuntimeError) and any(p in text for p in _PEER_GONE))):
+        return None
+    first = " ".join(str(error).split())[:200]
+    return PeerLost(
+        f"rank {dist.get_rank()} of {dist.get_world_size()} lost contact with another process of this job ({first}); "
+        "a peer pod was stopped, preempted or crashed (see its log). Finished checkpoints are kept: "
+        "restart the whole group and resume=auto continues from the newest one"
+    )

@@ -32,9 +32,8 @@ import time
 from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
-from tqdm import tqdm
 
-from job import checkpoint, config, data, runtime, scoring, shards, storage
+from job import checkpoint, config, data, logs, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
 from job.preemption import Preempted, StopSignals
@@ -444,8 +443,8 @@ def main(cfg: config.SampleJob) -> int:
         print(f"digit-job sample: worker {worker}: {len(mine) - len(todo)} of {len(mine)} shards already done",
               flush=True)
 
-    bar = tqdm(total=sum(plan.shard_count(i) for i in todo), disable=not (acc.is_main_process and cfg.progress),
-               desc="sample", unit=unit.rstrip("s"), unit_scale=True, dynamic_ncols=True)
+    bar = logs.progress(acc.is_main_process and cfg.progress, sum(plan.shard_count(i) for i in todo), "sample",
+                        unit.rstrip("s"), unit_scale=True)
     writers = _Writers(cfg.writers, cfg.queue, lambda i, content, drawn: (
         write_shard(cfg.out, plan, i, content, drawn), bar.update(plan.shard_count(i))))
     started = time.perf_counter()

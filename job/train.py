@@ -24,9 +24,8 @@ import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from job import checkpoint, config, data, runtime, storage
+from job import checkpoint, config, data, logs, runtime, storage
 from job.augment import random_affine
 from job.errors import BadInput
 from job.logs import MetricsLog
@@ -244,10 +243,7 @@ class Trainer:
             runtime.print0(acc, f"digit-job train: already at step {self.start_step} of {t.steps}; nothing to do")
             return self._finish(self.start_step, metrics)
 
-        bar = tqdm(
-            total=t.steps, initial=self.start_step, disable=not (acc.is_main_process and t.progress),
-            desc="train", unit="step", dynamic_ncols=True,
-        )
+        bar = logs.progress(acc.is_main_process and t.progress, t.steps, "train", "step", initial=self.start_step)
         window_start, window_steps = time.perf_counter(), 0
         with StopSignals() as signals:
             for step in range(self.start_step, t.steps):

