@@ -130,12 +130,13 @@ class Split:
 def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | str = "cpu") -> Split:
     """Load a whole split of `data_cfg` as tensors on `device`. Bad roots raise BadInput."""
     dataset = _dataset(data_cfg.name)
+    cache = cache_dir()  # created and checked once
     # Several ranks on one node must not download or extract the same files at once.
-    with FileLock(os.path.join(cache_dir(), "dataset.lock")):
+    with FileLock(os.path.join(cache, "dataset.lock")):
         root = fetch(data_cfg.root, dataset.name) if storage.is_s3(data_cfg.root) else data_cfg.root
         if dataset.name == "imagefolder":
             return _load_image_folder(root, data_cfg, train, device)
-        tv_root = datasets.torchvision_root(root, dataset, cache_dir())
+        tv_root = datasets.torchvision_root(root, dataset, cache)
         try:
             images, labels = datasets.read_torchvision(dataset, tv_root, train)
         except Exception as e:  # offline download failure, corrupt archive, missing scipy, ...

@@ -14,6 +14,7 @@ import time
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from job import storage
 
@@ -113,12 +114,8 @@ class PlainProgress:
 def progress(enabled: bool, total: int, desc: str, unit: str, initial: int = 0, every_s: float = 30.0, **bar):
     """A tqdm bar when stderr is a terminal, plain periodic lines otherwise, nothing when
     not `enabled` (other ranks, progress=false)."""
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
+    if not enabled:
+        return tqdm(total=total, initial=initial, disable=True)
+    if sys.stderr.isatty():
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, **bar)
-    if enabled:
-        return PlainProgress(total, initial, desc, unit, every_s)
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=True)
+    return PlainProgress(total, initial, desc, unit, every_s)

@@ -107,7 +107,7 @@ def stream_seed(*parts: int) -> int:
 # What a collective raises when the process at the other end is gone (gloo's "Connection
 # reset/closed by peer", NCCL's aborted communicator, a store that stopped answering).
 _PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",
-              "ncclremoteerror", "timed out", "timeout", "socket timeout", "connection refused")
+              "ncclremoteerror", "timed out", "timeout", "connection refused")
 
 
 def peer_lost(error: BaseException) -> PeerLost | None:
