@@ -20,8 +20,9 @@
 #   DIGITS_NUM_PROCESSES  processes in this container (default: one per GPU, one on CPU);
 #                       several on CPU are gloo processes sharing the container's threads
 #   DIGITS_REQUIRE_GPU  1: no usable GPU is an error (exit 4), never a silent CPU run
-#   DIGITS_PRECISION    autocast for `train` on GPUs (default bf16; "no" for fp32), passed as
-#                       train.mixed_precision unless the arguments set it already
+#   DIGITS_PRECISION    train.mixed_precision for `train` (auto, no, bf16, fp16), unless the
+#                       arguments set it already; unset: the job's own default, auto (bf16
+#                       where the GPU or CPU computes it natively, else fp32)
 #   OMP_NUM_THREADS     CPU threads for the whole container (Kubernetes: from limits.cpu);
 #                       else the cgroup CPU quota. Shared between the processes.
 #   NNODES, NODE_RANK (else JOB_COMPLETION_INDEX), MASTER_ADDR, MASTER_PORT
@@ -66,8 +67,8 @@ threads=$(python -m job.cpu_budget)
 per_process=$((threads / per_node > 0 ? threads / per_node : 1))
 
 args=("$@")
-if [ "$gpus" -gt 0 ] && [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -q '^train\.mixed_precision='; then
-  args+=("train.mixed_precision=${DIGITS_PRECISION:-bf16}")
+if [ -n "${DIGITS_PRECISION:-}" ] && [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -q '^train\.mixed_precision='; then
+  args+=("train.mixed_precision=$DIGITS_PRECISION")
 fi
 where="$gpus GPU(s)"
 [ "$gpus" -eq 0 ] && where="no GPU ($why_no_gpu): CPU, $per_process threads"

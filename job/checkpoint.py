@@ -107,6 +107,21 @@ def optimizer_from_files(tensors: dict[str, torch.Tensor], info: dict) -> dict:
     return {"state": state, "param_groups": info["param_groups"]}
 
 
+def match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each loaded state tensor (exp_avg, ...) its parameter's memory layout.
+
+    safetensors stores tensors contiguous, so moments of a channels_last parameter come back
+    in NCHW order. The foreach kernels cope; the fused Adam kernel walks parameter and state as
+    one flat buffer each, so a mismatch silently pairs the wrong elements (a resumed run
+    diverged from the uninterrupted one until this was added)."""
+    for group in opt.param_groups:
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 # ------------------------------------------------------------------ checkpoints
 
 

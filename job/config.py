@@ -99,9 +99,10 @@ class TrainConfig:
     beta2: float = _bounded(0.999, min=0.0, max=1.0)
     # Decay of the exponential moving average of G that is sampled and exported.
     ema_decay: float = _bounded(0.999, min=0.0, max=1.0)
-    # Autocast precision. bf16 is preferred on GPUs; fp16 uses one GradScaler per
-    # optimizer. On a CPU, fp16 falls back to no (CPUs have no fast fp16).
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Autocast precision. auto: bf16 where the device computes it natively (GPUs with bf16;
+    # CPUs with AMX-BF16 or AVX512-BF16), else no (fp32); the first lines say which and why.
+    # fp16 uses one GradScaler per optimizer; on a CPU it falls back to fp32.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     # Keep activations channels-last (NHWC): faster convolutions on CPUs and tensor cores.
     channels_last: bool = True
     # Every N steps: one metrics.jsonl line, a sample grid PNG, a checkpoint.
@@ -215,8 +216,10 @@ class SampleJob:
     # Digits per forward pass (a shard is generated in chunks of this many). 1024 keeps
     # a CPU run near 1 GB; on a GPU use 8192 or more.
     batch_size: int = _bounded(1024, min=1, max=1_000_000)
-    # Autocast for the forward pass: no (exact fp32) or bf16 (GPUs; changes the bytes).
-    precision: Literal["no", "bf16"] = "no"
+    # Autocast for the forward pass: no (fp32), bf16, or auto: bf16 where the device
+    # computes it natively (see train.mixed_precision). The bytes depend on it, so it is part
+    # of the plan: a worker or a rerun of an `out` that already has a plan takes the plan's.
+    precision: Literal["auto", "no", "bf16"] = "auto"
     # Threads that encode and upload shards while the device generates the next ones.
     writers: int = _bounded(2, min=1, max=64)
     # Shards generated but not yet written, at most (bounds memory: not `count`).
@@ -319,6 +322,9 @@ class EvaluateJob:
     seed: int = _bounded(0, min=0, max=2**63 - 1)
     # Digits per forward pass.
     batch_size: int = _bounded(1000, min=1, max=1_000_000)
+    # Autocast while generating the digits to score (see sample precision=); the classifier
+    # that scores them always runs in fp32, so reports from any machine compare.
+    precision: Literal["auto", "no", "bf16"] = "auto"
 
     def check(self) -> None:
         check_data(self.data)

@@ -35,11 +35,11 @@ REPORT_FORMAT = "digit-job/evaluation"
 # ----------------------------------------------------------------------------- digits to score
 
 
-def generated_digits(G, n: int, seed: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def generated_digits(G, n: int, seed: int, batch: int, device, precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
     """n digits from G with balanced labels (NO_LABEL when unconditional), seeded."""
     gen = torch.Generator().manual_seed(runtime.stream_seed(seed, 0xE7A1))
     z, labels = sample.draw_inputs(n, G.latent_dim, G.num_classes, "balanced", gen)
-    return sample.generate(G, z, labels, batch, device, "no"), labels
+    return sample.generate(G, z, labels, batch, device, precision), labels
 
 
 def _safe_name(name: str, where: str) -> str:
@@ -264,7 +264,7 @@ def main(cfg: config.EvaluateJob) -> int:
             raise BadInput(f"samples={cfg.samples} holds {len(labels)} digits, fewer than n={cfg.n}")
         scoring.fits(classifier, images, f"samples={cfg.samples}")
 
-    acc, precision, _ = runtime.make_accelerator("no")
+    acc, precision = runtime.make_accelerator(cfg.precision)
     device = acc.device
     if not acc.is_main_process:  # one process does the whole evaluation
         acc.wait_for_everyone()
@@ -278,7 +278,7 @@ def main(cfg: config.EvaluateJob) -> int:
         raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} has {train.num_classes}")
     if G is not None:
         say(f"generating {wanted} digits")
-        images, labels = generated_digits(G.to(device), wanted, cfg.seed, cfg.batch_size, device)
+        images, labels = generated_digits(G.to(device), wanted, cfg.seed, cfg.batch_size, device, precision.mode)
 
     scorer = Scorer(cfg, classifier, classifier_info["kwargs"], train, test, device)
     rows = {}
@@ -296,7 +296,8 @@ def main(cfg: config.EvaluateJob) -> int:
         name = "class-means" if cfg.baseline == "class-means" else "baseline"
         say(f"scoring the {name} row")
         reference = class_means_model(train, classifier.image_size) if baseline is None else baseline
-        ref_images, ref_labels = generated_digits(reference.to(device), wanted, cfg.seed, cfg.batch_size, device)
+        ref_images, ref_labels = generated_digits(reference.to(device), wanted, cfg.seed, cfg.batch_size, device,
+                                                  precision.mode)
         rows[name] = scorer.row(ref_images[: cfg.n], ref_labels[: cfg.n], ref_images[: cfg.tstr.n],
                                 ref_labels[: cfg.tstr.n], f"the {name} row")
 
@@ -310,6 +311,7 @@ def main(cfg: config.EvaluateJob) -> int:
         "classifier": {"uri": cfg.classifier, **classifier_info["extra"]},
         "data": {"name": cfg.data.name},
         "device": runtime.describe(acc, precision),
+        "generated_in": precision.name,  # the digits' precision; scoring is always fp32
         "rows": rows,
         "config": config.to_dict(cfg),
     }

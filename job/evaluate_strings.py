@@ -112,7 +112,7 @@ def main(cfg: config.EvaluateJob, manifest: dict, out: str, classifier, classifi
     items = read_strings(cfg.samples, manifest, cfg.n)
     if not items:
         raise BadInput(f"samples={cfg.samples} holds no strings")
-    acc, precision, _ = runtime.make_accelerator("no")
+    acc, precision = runtime.make_accelerator("no")
     if not acc.is_main_process:  # one process does the whole evaluation
         acc.wait_for_everyone()
         return 0

@@ -1,25 +1,24 @@
 """The Accelerator and everything that depends on where the job runs.
 
 One place decides: device (CUDA if present, else CPU even under a multi-GPU launch, unless
-the pod asked for GPUs: DIGITS_REQUIRE_GPU=1), precision (autocast dtype and one GradScaler
-per optimizer for fp16), CPU threads per process (from the container's CPU limit), how long
+the pod asked for GPUs: DIGITS_REQUIRE_GPU=1), precision (job/precision.py: auto, bf16 only
+where the device runs it fast), CPU threads per process (from the container's CPU limit), how long
 a collective may wait for a silent peer, and printing from the main process only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import os
 import sys
-from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from job import cpu_budget
+from job.precision import Precision, resolve
 from job.errors import DeviceMissing, PeerLost
 
 # A collective waits this long for a peer that neither answers nor closes its connection
@@ -28,31 +27,12 @@ from job.errors import DeviceMissing, PeerLost
 COLLECTIVE_TIMEOUT_S = 600
 
 
-@dataclass
-class Precision:
-    """Autocast settings. Each optimizer gets its own GradScaler (fp16 only): one scaler
-    shared by G and D skips or rescales one network because of the other's overflow."""
-
-    mode: str  # effective: no | bf16 | fp16
-    device_type: str
-
-    def autocast(self):
-        if self.mode == "no":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.mode == "bf16" else torch.float16
-        return torch.autocast(self.device_type, dtype=dtype)
-
-    def scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler(self.device_type, enabled=self.mode == "fp16")
-
-
-def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision, list[str]]:
-    """Build the Accelerator for this process. Returns (accelerator, precision, notes).
+def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision]:
+    """Build the Accelerator for this process. Returns (accelerator, precision).
 
     Without CUDA, Accelerator must be told cpu=True: otherwise a 2-process launch quietly
     runs two unrelated single-process jobs instead of one gloo job.
     """
-    notes = []
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("DIGITS_REQUIRE_GPU") == "1":
         raise DeviceMissing(
@@ -65,10 +45,6 @@ def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision, list
     # whose single GradScaler would be shared by G and D.
     accelerator = Accelerator(cpu=not cuda, mixed_precision="no",
                               kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
-    mode = mixed_precision
-    if not cuda and mode == "fp16":
-        mode = "no"
-        notes.append("mixed_precision=fp16 needs a GPU: running in fp32 on CPU")
     if not cuda:
         # The container's CPU budget (its cgroup limit, not the node's cores); shared between
         # this node's processes unless the launcher already gave each its OMP_NUM_THREADS.
@@ -81,13 +57,13 @@ def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision, list
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return accelerator, Precision(mode, accelerator.device.type), notes
+    return accelerator, resolve(mixed_precision, accelerator.device)
 
 
 def describe(accelerator: Accelerator, precision: Precision) -> str:
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads/process)"
-    return f"device={device.type} [{name}] world_size={accelerator.num_processes} precision={precision.mode}"
+    return f"device={device.type} [{name}] world_size={accelerator.num_processes} precision={precision.describe()}"
 
 
 def print0(accelerator: Accelerator, *args, **kwargs) -> None:

@@ -36,6 +36,7 @@ import torch
 from job import checkpoint, config, data, logs, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
+from job.precision import Precision, resolve
 from job.preemption import Preempted, StopSignals
 
 RECORDS = "_records"
@@ -257,6 +258,7 @@ def write_shard(out: str, plan: Plan, index: int, content, drawn: int) -> dict:
         "label_histogram": histogram,
         "digits": int((labels >= 0).sum()) if plan.labeled else count,
         "drawn": drawn,  # digits generated to keep those (more with min_confidence)
+        "precision": plan.precision,  # the bytes depend on it (see _precision_for)
     }
     storage.write_bytes(record_uri(out, index), json.dumps(record, indent=1).encode())
     return record
@@ -269,6 +271,7 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
     if not all(n in names for n in wanted):
         return None
     records = [json.loads(storage.read_bytes(storage.join(out, RECORDS, n))) for n in wanted]
+    _check_one_precision(out, records, plan.precision)
     histogram = [sum(r["label_histogram"][c] for r in records) for c in range(plan.num_classes)]
     manifest = {
         "format": "digit-job/samples",
@@ -281,6 +284,7 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
         "labels": plan.labels if plan.labeled else "none (unconditional generator: label -1)",
         "label_histogram": histogram,
         "base_seed": plan.seed,
+        "precision": plan.precision,
         "min_confidence": plan.min_confidence,
         "classifier": {"uri": cfg.classifier, "sha256": plan.classifier_sha256} if plan.min_confidence else None,
         "acceptance_rate": (sum(r.get("digits", r["count"]) for r in records)
@@ -340,13 +344,37 @@ def _strings_input(cfg: config.SampleJob, G) -> tuple[list[str] | None, str]:
     return strings.parse_texts_file(data, cfg.texts), checkpoint.sha256(data)
 
 
-def _check_plan(out: str, plan: Plan) -> bool:
-    """Refuse to mix shards of different jobs under one prefix. Returns whether `out`
-    already records this plan."""
+def _recorded_plan(out: str) -> dict | None:
     uri = storage.join(out, RECORDS, PLAN)
-    if not storage.exists(uri):
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def _precision_for(cfg: config.SampleJob, device: torch.device, recorded: dict | None) -> Precision:
+    """The precision shards are generated in. auto follows a plan already in `out` (written
+    by another worker or an earlier run, perhaps on other hardware), so every shard of a set
+    is made in one precision and a rerun stays byte-identical; else the device decides."""
+    if cfg.precision == "auto" and recorded is not None and recorded.get("precision") in ("no", "bf16"):
+        mode = recorded["precision"]
+        return Precision(mode, device.type, f"auto: the plan already in {cfg.out} is {'fp32' if mode == 'no' else mode}")
+    return resolve(cfg.precision, device)
+
+
+def _check_one_precision(out: str, records: list[dict], planned: str) -> None:
+    """Refuse a set whose shards were generated in different precisions: workers that started
+    before the plan existed, with precision=auto, on nodes with and without bf16 units."""
+    other = [r["index"] for r in records if r.get("precision", planned) != planned]
+    if other:
+        shown = ", ".join(str(i) for i in other[:10]) + (" ..." if len(other) > 10 else "")
+        raise BadInput(f"{out}: shards {shown} were generated in another precision than the plan's "
+                       f"({'fp32' if planned == 'no' else planned}); delete their records under "
+                       f"{storage.join(out, RECORDS)} and rerun, or pass precision= explicitly to every worker")
+
+
+def _check_plan(out: str, plan: Plan, saved: dict | None) -> bool:
+    """Refuse to mix shards of different jobs under one prefix. Returns whether `out`
+    already records this plan. `saved`: the plan found in `out`, if any."""
+    if saved is None:
         return False
-    saved = json.loads(storage.read_bytes(uri))
     mine = asdict(plan)
     # Fields added in later versions compare with their default when a plan lacks them.
     defaults = {f.name: f.default for f in fields(Plan) if f.default is not MISSING}
@@ -408,19 +436,21 @@ def main(cfg: config.SampleJob) -> int:
     classifier, classifier_sha256 = None, ""
     if cfg.min_confidence > 0:
         classifier, classifier_sha256 = _confidence_classifier(cfg, G)
+    acc, _ = runtime.make_accelerator("no")
+    device = acc.device
+    recorded = _recorded_plan(cfg.out)
+    precision = _precision_for(cfg, device, recorded)
     plan = Plan(
         generator_sha256=checkpoint.sha256(raw), generator_info=info, count=cfg.count, shard_size=cfg.shard_size,
-        format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=cfg.precision,
+        format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=precision.mode,
         num_classes=G.num_classes, image_shape=list(G.output_shape),
         min_confidence=cfg.min_confidence, classifier_sha256=classifier_sha256,
         layout=cfg.layout, strings=asdict(cfg.strings) if cfg.layout == "strings" else None,
         text=cfg.text, texts_sha256=texts_sha256,
     )
-    plan_recorded = _check_plan(cfg.out, plan)
+    plan_recorded = _check_plan(cfg.out, plan, recorded)
     pod, pods = _pods(cfg)
 
-    acc, _, _ = runtime.make_accelerator("no")
-    device = acc.device
     G = G.to(device)
     keep = None
     if classifier is not None:
@@ -430,11 +460,13 @@ def main(cfg: config.SampleJob) -> int:
                             f"{100 * sum(rates) / len(rates):.1f}% of drawn digits (worst class {100 * min(rates):.1f}%)")
     # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
     worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
-    runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, runtime.Precision(cfg.precision, device.type))}")
+    runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, precision)}")
     unit = "strings" if plan.layout == "strings" else "digits"
     runtime.print0(acc, f"digit-job sample: {plan.count} {unit} in {plan.num_shards} {plan.format} shards "
                         f"to {cfg.out} ({workers} workers)")
-    if acc.is_main_process and worker == 0 and not plan_recorded:
+    # Every pod that finds no plan writes it (same bytes from the same settings), so a pod on
+    # other hardware that starts later follows its precision instead of auto's own pick.
+    if acc.is_main_process and not plan_recorded:
         storage.write_bytes(storage.join(cfg.out, RECORDS, PLAN), json.dumps(asdict(plan), indent=1).encode())
 
     mine = [i for i in range(plan.num_shards) if i % workers == worker]

@@ -30,6 +30,7 @@ from job.augment import random_affine
 from job.errors import BadInput
 from job.logs import MetricsLog
 from job.preemption import Preempted, StopSignals
+from job.steps import adam
 
 
 def resolve_resume(cfg: config.TrainJob) -> str | None:
@@ -79,13 +80,11 @@ class Trainer:
         storage.check_writable(cfg.run.dir)
         resume_from = resolve_resume(cfg)
 
-        self.acc, self.precision, notes = runtime.make_accelerator(cfg.train.mixed_precision)
+        self.acc, self.precision = runtime.make_accelerator(cfg.train.mixed_precision)
         acc = self.acc
         self.device = acc.device
         runtime.print0(acc, f"digit-job train: {cfg.model.kind} on {runtime.describe(acc, self.precision)}")
         runtime.print0(acc, f"digit-job train: writing to {cfg.run.dir}")
-        for note in notes:
-            runtime.print0(acc, f"digit-job train: note: {note}")
 
         split = data.load_split(cfg.data, train=True, device=self.device)
         self.images, self.labels, self.dataset_classes = split.images, split.labels, split.num_classes
@@ -154,7 +153,7 @@ class Trainer:
         module = self.modules[name]
         module.to(device=self.device, memory_format=torch.channels_last if t.channels_last else torch.contiguous_format)
         wrapped = self.acc.prepare(module)
-        self.optimizers = {name: torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)}
+        self.optimizers = {name: adam(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)}
         self.scalers = {name: self.precision.scaler()}
         return wrapped
 
@@ -190,6 +189,7 @@ class Trainer:
     def _restore_training_state(self, loaded: checkpoint.Checkpoint) -> None:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(checkpoint.optimizer_from_files(*loaded.optimizers[name]))
+            checkpoint.match_param_layouts(opt)
         if self.precision.mode == "fp16":
             for name, scaler in self.scalers.items():
                 if f"scaler_{name}" in loaded.state:

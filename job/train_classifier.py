@@ -17,7 +17,8 @@ import torch
 from job import checkpoint, config, data, runtime, scoring, storage
 from job.augment import random_affine
 from job.models import build_model
-from job.steps import classifier_step, warmup_cosine_lr
+from job.precision import Precision
+from job.steps import adam, classifier_step, warmup_cosine_lr
 from job.train import Trainer
 
 ARCH = "cnn"
@@ -92,8 +93,8 @@ def fit(
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model("classifier", ARCH, kwargs).to(device=device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    precision = runtime.Precision("no", device.type)
+    opt = adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    precision = Precision("no", device.type)
     scaler = precision.scaler()
     batches = data.EpochBatches(len(images), min(batch_size, len(images)), 0, 1, seed, "cpu")
     noise = torch.Generator(device=device)

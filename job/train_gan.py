@@ -15,7 +15,7 @@ import torch
 from job import checkpoint, storage
 from job.logs import grid_png
 from job.models import build_gan
-from job.steps import ema_update, gan_step
+from job.steps import adam, ema_update, gan_step
 from job.train import Trainer
 
 GRID_COLUMNS = 10
@@ -41,10 +41,8 @@ class GanTrainer(Trainer):
         self.G, self.D = acc.prepare(self.modules["generator"], self.modules["discriminator"])
         self.ema = self.modules["generator_ema"]
         self.optimizers = {
-            "generator": torch.optim.Adam(self.modules["generator"].parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2)),
-            "discriminator": torch.optim.Adam(
-                self.modules["discriminator"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2)
-            ),
+            "generator": adam(self.modules["generator"].parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2)),
+            "discriminator": adam(self.modules["discriminator"].parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2)),
         }
         self.scalers = {"g": self.precision.scaler(), "d": self.precision.scaler()}
         self.fixed_z, self.fixed_labels = self._fixed_noise()

@@ -127,7 +127,7 @@ def main(cfg: config.TransformJob) -> int:
         raise BadInput(f"none of the {len(inputs)} input(s) in {cfg.inputs} could be read "
                        f"(first: {skipped[0]['input']}: {skipped[0]['reason']})")
 
-    acc, precision, _ = runtime.make_accelerator("no")
+    acc, precision = runtime.make_accelerator("no")
     if not acc.is_main_process:  # one process does the whole (small) job
         acc.wait_for_everyone()
         return 0

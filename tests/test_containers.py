@@ -94,9 +94,15 @@ def test_no_gpu_runs_one_cpu_process_directly_with_no_launcher_in_between():
     assert entrypoint(0, "train", "--config", "quickstart") == "python -m job train --config quickstart"
 
 
-def test_one_gpu_runs_one_process_directly_in_bf16():
-    command = entrypoint(1, "train", "--config", "quickstart")
-    assert command == "python -m job train --config quickstart train.mixed_precision=bf16"
+def test_one_gpu_runs_one_process_directly_and_leaves_precision_to_the_job():
+    # The job's auto picks bf16 only where the GPU computes it natively.
+    assert entrypoint(1, "train", "--config", "quickstart") == "python -m job train --config quickstart"
+
+
+def test_digits_precision_sets_the_training_precision_unless_the_arguments_do():
+    assert entrypoint(1, "train", DIGITS_PRECISION="fp16").endswith("train.mixed_precision=fp16")
+    explicit = entrypoint(1, "train", "train.mixed_precision=no", DIGITS_PRECISION="fp16")
+    assert explicit.endswith("train train.mixed_precision=no") and "fp16" not in explicit
 
 
 def test_several_cpu_processes_share_the_containers_threads():
@@ -138,7 +144,7 @@ def test_a_bad_gpu_count_is_refused():
 def test_cpu_nodes_of_a_multi_node_job_run_one_gloo_process_each():
     command = entrypoint(0, "train", NNODES="3", JOB_COMPLETION_INDEX="2", MASTER_ADDR="trainer-0.trainer")
     assert "--num_machines 3 --machine_rank 2 --num_processes 3" in command and "--cpu" not in command
-    assert command.endswith("-m job train")  # no GPU precision on CPU nodes
+    assert command.endswith("-m job train")
 
 
 def test_a_bad_node_count_is_refused():

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import accelerate_launch, read_metrics, run_job
 
 
-def test_two_process_launch_has_world_size_2_and_identical_weights_on_both_ranks(tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_two_process_launch_has_world_size_2_and_identical_weights_on_both_ranks(tmp_path, precision):
     run_dir = tmp_path / "run"
-    proc = run_job("train", "--config", "debug", f"run.dir={run_dir}", launcher=accelerate_launch(2))
+    proc = run_job("train", "--config", "debug", f"run.dir={run_dir}", f"train.mixed_precision={precision}",
+                   launcher=accelerate_launch(2))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "world_size=2" in proc.stdout
+    assert precision != "bf16" or "precision=bf16" in proc.stdout
     assert proc.stdout.count("digit-job train: done") == 1  # only the main process reports
     world = json.loads((run_dir / "world.json").read_text())
     assert world["world_size"] == 2

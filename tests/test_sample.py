@@ -50,16 +50,18 @@ def read_all(out: Path, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def test_two_processes_and_one_process_write_byte_identical_shards(generator_file, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_two_processes_and_one_process_write_byte_identical_shards(generator_file, tmp_path, precision):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(sample_args(generator_file, one, "count=230", "shard_size=50")) == 0
-    proc = run_job(*sample_args(generator_file, two, "count=230", "shard_size=50"), launcher=accelerate_launch(2))
+    args = ("count=230", "shard_size=50", f"precision={precision}")
+    assert main(sample_args(generator_file, one, *args)) == 0
+    proc = run_job(*sample_args(generator_file, two, *args), launcher=accelerate_launch(2))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout and "(2 workers)" in proc.stdout
     assert len(shard_bytes(one)) == 5
     assert shard_bytes(one) == shard_bytes(two)
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two))
-    assert m1["shards"] == m2["shards"] and m1["count"] == 230
+    assert m1["shards"] == m2["shards"] and m1["count"] == 230 and m1["precision"] == precision
 
 
 def test_a_run_killed_part_way_completes_on_rerun_with_each_shard_once(generator_file, tmp_path):

@@ -34,10 +34,7 @@ def test_a_run_writes_config_metrics_grids_checkpoints_and_a_generator(full_run)
     assert set(LOSS_KEYS) | {"step", "images_per_s"} <= set(first)
 
 
-def test_resume_continues_the_same_loss_curve(full_run, tmp_path):
-    run_dir = tmp_path / "run"
-    assert train(run_dir, "train.steps=3") == 0  # stopped at step 3
-    assert train(run_dir) == 0  # resume=auto continues to step 6
+def assert_resumed_run_matches(run_dir, full_run) -> None:
     resumed, uninterrupted = read_metrics(run_dir), read_metrics(full_run)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]  # nothing doubled or lost
     for a, b in zip(resumed[3:], uninterrupted[3:]):
@@ -48,6 +45,21 @@ def test_resume_continues_the_same_loss_curve(full_run, tmp_path):
     g2, _, _ = load_generator(str(full_run / "generator.safetensors"))
     for p1, p2 in zip(g1.parameters(), g2.parameters()):
         torch.testing.assert_close(p1, p2, rtol=0, atol=1e-6)
+
+
+def test_resume_continues_the_same_loss_curve(full_run, tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "train.steps=3") == 0  # stopped at step 3
+    assert train(run_dir) == 0  # resume=auto continues to step 6
+    assert_resumed_run_matches(run_dir, full_run)
+
+
+def test_resume_under_bf16_autocast_continues_the_same_loss_curve(tmp_path):
+    full_run, run_dir = tmp_path / "full", tmp_path / "run"
+    assert train(full_run, "train.mixed_precision=bf16") == 0
+    assert train(run_dir, "train.mixed_precision=bf16", "train.steps=3") == 0
+    assert train(run_dir, "train.mixed_precision=bf16") == 0
+    assert_resumed_run_matches(run_dir, full_run)
 
 
 def test_no_checkpoint_file_is_a_pickle(full_run):
@@ -133,7 +145,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 def test_fp16_falls_back_to_fp32_on_a_cpu(tmp_path, capsys):
     assert train(tmp_path / "run", "train.mixed_precision=fp16", "train.steps=1") == 0
     out = capsys.readouterr().out
-    assert "precision=no" in out and "fp16 needs a GPU" in out
+    assert "precision=fp32 (fp16 needs a GPU" in out
 
 
 @pytest.mark.parametrize("arch", ["dcgan28", "dcgan64"])
