@@ -5,9 +5,10 @@
 
 For a 28x28 conditional generator (fresh weights: speed does not depend on them) it
 measures, with the same batch size and threads:
-  - the bare forward-pass rate (digits/s, in this process);
+  - the bare forward-pass rate (digits/s, in this process), in fp32 and in bf16 autocast;
   - `python -m job sample` end to end for each format to local disk, and safetensors to a
-    local SeaweedFS S3 server (digits/s from the job's own timing, peak RSS polled);
+    local SeaweedFS S3 server (digits/s from the job's own timing, peak RSS polled), in fp32,
+    and safetensors to local disk in bf16 (precision=bf16) against the bf16 bare rate;
   - one large run (--rss-count digits, default 1,000,000) for peak RSS.
 Writes bench-results/sample-<device>.json.
 """
@@ -33,14 +34,14 @@ def make_generator(path: Path, width: int) -> None:
     checkpoint.export_model(str(path), G.state_dict(), "dcgan", "dcgan28", kwargs, step=0)
 
 
-def bare_rate(generator: Path, batch: int, seconds: float = 10.0) -> float:
+def bare_rate(generator: Path, batch: int, precision: str = "no", seconds: float = 10.0) -> float:
     import torch
 
     from job.models import load_generator
 
     G, _, _ = load_generator(str(generator))
     z, y = torch.randn(batch, 100), torch.randint(0, 10, (batch,))
-    with torch.no_grad():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         G(z, y)  # warm-up
         start, n = time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
@@ -76,24 +77,30 @@ def main() -> None:
         gen = tmp / "generator.safetensors"
         make_generator(gen, args.width)
         bare = bare_rate(gen, args.batch)
-        results["bare_forward_digits_per_s"] = round(bare, 1)
-        print(f"bare forward pass (width {args.width}, batch {args.batch}): {bare:.0f} digits/s", flush=True)
+        bare_bf16 = bare_rate(gen, args.batch, "bf16")
+        results["bare_forward_digits_per_s"] = {"fp32": round(bare, 1), "bf16": round(bare_bf16, 1)}
+        print(f"bare forward pass (width {args.width}, batch {args.batch}): fp32 {bare:.0f} digits/s, "
+              f"bf16 {bare_bf16:.0f} digits/s", flush=True)
         common = [f"generator={gen}", f"count={args.count}", f"shard_size={args.shard_size}", f"batch_size={args.batch}"]
-        for fmt in ("safetensors", "webdataset", "idx"):
-            r = run_sample([*common, f"out={tmp / fmt}", f"format={fmt}"])
-            r.update(target="local", format=fmt, count=args.count, vs_bare=round(r["digits_per_s"] / bare, 3))
+        for fmt, mode, reference in [("safetensors", "no", bare), ("safetensors", "bf16", bare_bf16),
+                                     ("webdataset", "no", bare), ("idx", "no", bare)]:
+            name = "fp32" if mode == "no" else mode
+            r = run_sample([*common, f"out={tmp / (fmt + '-' + name)}", f"format={fmt}", f"precision={mode}"])
+            r.update(target="local", format=fmt, precision=name, count=args.count,
+                     vs_bare=round(r["digits_per_s"] / reference, 3))
             results["runs"].append(r)
-            print(f"local {fmt:12s} {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare), "
+            print(f"local {fmt:12s} {name:5s} {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare {name}), "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         if not args.no_s3:
             import s3_local
 
             server = s3_local.start(tmp / "s3", buckets=["bench"])
             try:
-                r = run_sample([*common, "out=s3://bench/samples", "format=safetensors"], env=server.env())
+                r = run_sample([*common, "out=s3://bench/samples", "format=safetensors", "precision=no"],
+                               env=server.env())
             finally:
                 s3_local.stop(tmp / "s3")
-            r.update(target="s3 (local SeaweedFS)", format="safetensors", count=args.count,
+            r.update(target="s3 (local SeaweedFS)", format="safetensors", precision="fp32", count=args.count,
                      vs_bare=round(r["digits_per_s"] / bare, 3))
             results["runs"].append(r)
             print(f"s3    safetensors  {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare), "
@@ -103,7 +110,7 @@ def main() -> None:
             rss_gen = tmp / "rss-generator.safetensors"
             make_generator(rss_gen, width)
             r = run_sample([f"generator={rss_gen}", f"count={args.rss_count}", f"shard_size={args.shard_size}",
-                            f"batch_size={args.batch}", f"out={tmp / 'rss'}"])
+                            f"batch_size={args.batch}", f"out={tmp / 'rss'}", "precision=no"])
             r.update(target="local", format="safetensors", count=args.rss_count, width=width)
             results["large_run"] = r
             print(f"{args.rss_count} digits (width {width}): {r['digits_per_s']:.0f} digits/s, "

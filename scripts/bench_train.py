@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import io
 import json
 import os
@@ -147,17 +148,17 @@ def compiled_step_rates(arch: str, size: int, batch: int, steps: int) -> dict[st
 
 
 def peer_data_root(tmp: Path) -> Path:
-    """A torchvision MNIST root for the peer holding the same idx files as ours (linked, so
-    torchvision finds them verified and downloads nothing); without DIGITS_DATA_DIR the peer
+    """A torchvision MNIST root for the peer holding the same idx files as ours, unpacked
+    where torchvision looks first, so it downloads nothing; without DIGITS_DATA_DIR the peer
     downloads MNIST itself, as it would anywhere."""
     raw = tmp / "MNIST" / "raw"
     raw.mkdir(parents=True)
     ours = Path(os.environ.get("DIGITS_DATA_DIR", ""))
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz"):
-        for candidate in (ours / name, ours / "mnist" / name):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        for candidate in (ours / f"{name}.gz", ours / "mnist" / f"{name}.gz"):
             if candidate.is_file():
-                (raw / name).symlink_to(candidate.resolve())
+                (raw / name).write_bytes(gzip.decompress(candidate.read_bytes()))
                 break
     return tmp
 
@@ -223,12 +224,13 @@ def main() -> None:
 
     results = []
 
-    def row(name: str, preset: str, overrides: list[str], mode: str, **extra) -> dict:
+    def row(name: str, preset: str, overrides: list[str], mode: str, kept: bool, **extra) -> dict:
+        """kept: whether this is what the preset runs here (its settings, auto's precision)."""
         steps = steps_for(name, mode)
         ips, batch = measure(preset, [*overrides, f"train.mixed_precision={mode}"], args.warmup, steps, **extra)
         entry = {"variant": name, "preset": preset, "overrides": overrides, "batch_size": batch,
                  "precision": "fp32" if mode == "no" else mode, "timed_steps": steps, "images_per_s": round(ips, 1),
-                 **({"kept": False} if extra else {})}
+                 "kept": kept}
         results.append(entry)
         print(f"{name:50s} {entry['precision']:5s} {ips:9.1f} images/s", flush=True)
         return entry
@@ -242,10 +244,10 @@ def main() -> None:
         for mode in ("no", "bf16"):
             if not native_bf16 and mode == "bf16" and "dcgan64" in preset:
                 continue  # emulated bf16 at 64x64 takes minutes a step on a small CPU
-            row(name, preset, overrides, mode)
+            row(name, preset, overrides, mode, kept=mode == auto.mode)
     if not args.quick:
         for name, preset, overrides, extra in VARIANTS:
-            row(name, preset, overrides, "no", **extra)
+            row(name, preset, overrides, "no", kept=False, **extra)
         if not args.no_compile and not on_gpu:
             rates = compiled_step_rates("dcgan28", 28, 64, steps=60)
             for mode, ips in rates.items():

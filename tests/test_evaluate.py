@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_job
 from job.cli import main
+from job.precision import resolve
 
 QUICK = ["n=300", "tstr.n=300", "tstr.epochs=1", "batch_size=300"]
 
@@ -30,6 +31,7 @@ def test_evaluating_a_generator_writes_a_report_with_the_real_floor_and_the_base
     # Mean images are recognizable but have no diversity at all.
     assert means["cas"] > 0.9 and means["recall"] < 0.05
     assert report["subject"]["sha256"] and report["classifier"]["test_accuracy"] >= 0.993
+    assert report["generated_in"] == resolve("auto", "cpu").name  # precision=auto, said in the report
     markdown = (out / "report.md").read_text()
     assert "| generator |" in markdown and "| real |" in markdown and "| class-means |" in markdown
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
