@@ -9,6 +9,7 @@ line that names the key and what is allowed. Presets live in job/configs/<name>.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -455,12 +456,17 @@ def _coerce(value: Any, tp: Any, key: str, from_text: bool) -> Any:
     if tp is float:
         if from_text:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise wrong from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise wrong
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            raise wrong
+        # nan and inf parse as floats and slip past every range check (nan < lo is False).
+        if not math.isfinite(number):
+            raise BadInput(f"{key}={value} is not a finite number")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

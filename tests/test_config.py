@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import run_job
@@ -105,3 +107,41 @@ def test_a_train_preset_passed_to_another_command_is_named_as_such():
         config.load("sample", "debug", [])
     with pytest.raises(BadInput, match="preset classifier-mnist is a config for `train`, not `evaluate`"):
         config.load("evaluate", "classifier-mnist", [])
+
+
+def float_keys(schema: type, prefix: str = "") -> list[str]:
+    """Every float key of a command's config, dotted (train.lr, sample.min_confidence, ...)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += float_keys(tp, f"{prefix}{f.name}.")
+        elif tp is float:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+EVERY_FLOAT_KEY = [(command, key) for command, schema in config.SCHEMAS.items() for key in float_keys(schema)]
+
+
+def test_every_command_has_float_keys_to_check():
+    assert {"train", "sample", "evaluate"} <= {command for command, _ in EVERY_FLOAT_KEY}
+
+
+@pytest.mark.parametrize("command, key", EVERY_FLOAT_KEY)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999", "NaN"])
+def test_no_float_key_takes_a_number_that_is_not_finite(command, key, value):
+    with pytest.raises(BadInput, match=rf"^{re.escape(key)}={re.escape(value)} is not a finite number$"):
+        config.load(command, None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_yaml_config_with_a_non_finite_float_is_refused(tmp_path, value):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"train:\n  lr_g: {value}\n")
+    with pytest.raises(BadInput, match="train.lr_g=.* is not a finite number"):
+        config.load("train", str(path), [])
