@@ -71,7 +71,7 @@ def push(name: str, data_cfg: config.DataConfig, dest: str) -> dict:
     to `dest` (folder or s3:// prefix): its files, then manifest.json with their sha256."""
     dataset = _dataset(name)
     storage.check_writable(dest)
-    if storage.is_s3(data_cfg.root):
+    if storage.is_remote(data_cfg.root):
         raise BadInput(f"data push reads a local folder: data.root={data_cfg.root} is already on S3")
     # Reading the dataset first proves it is complete (and downloads it when online).
     load_split(dataclasses.replace(data_cfg, name=name), train=True)
@@ -105,8 +105,7 @@ def fetch(uri: str, name: str) -> str:
         raise BadInput(f"{manifest_uri} is not a digit-job dataset manifest") from None
     if manifest.get("name") != name:
         raise BadInput(f"{uri} holds {manifest.get('name')!r}, not data.name={name!r}")
-    bucket, key = storage.split_s3(uri)
-    local = os.path.join(cache_dir(), "datasets", bucket, key.strip("/"))
+    local = os.path.join(cache_dir(), "datasets", *storage.local_name(uri).split("/"))
     for rel, digest in entries:
         if not storage.stays_inside(rel):
             raise BadInput(f"{manifest_uri} names a file outside its prefix: {rel!r}")
@@ -133,7 +132,7 @@ def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | 
     cache = cache_dir()  # created and checked once
     # Several ranks on one node must not download or extract the same files at once.
     with FileLock(os.path.join(cache, "dataset.lock")):
-        root = fetch(data_cfg.root, dataset.name) if storage.is_s3(data_cfg.root) else data_cfg.root
+        root = fetch(data_cfg.root, dataset.name) if storage.is_remote(data_cfg.root) else data_cfg.root
         if dataset.name == "imagefolder":
             return _load_image_folder(root, data_cfg, train, device)
         tv_root = datasets.torchvision_root(root, dataset, cache)

@@ -59,7 +59,7 @@ class MetricsLog:
 
 def _tensorboard_writer(run_dir: str):
     """A SummaryWriter under <run>/tensorboard when tensorboard is installed and the run is local."""
-    if storage.is_s3(run_dir):
+    if storage.is_remote(run_dir):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -36,8 +37,27 @@ def stays_inside(name: str) -> bool:
             and ".." not in parts and "" not in parts)
 
 
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
+# What a URI may be; anything else with a scheme is refused, never taken for a local folder
+# named after its scheme. (At least two letters, so no drive letter is read as a scheme.)
+SUPPORTED = "a local path or s3://<bucket>/<prefix>"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/")
+# S3's bucket naming rules: 3-63 lower-case letters, digits, dots and hyphens, starting and
+# ending with a letter or digit, no "..", not an IP address. A name S3 would reject is bad
+# input (exit 2) found before any request, not a retryable storage error (exit 3).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+
+def is_remote(uri: str) -> bool:
+    """True for s3:// URIs, False for local paths; any other scheme (gs://, http://, S3://,
+    s3:/ with one slash) is BadInput naming what works."""
+    if uri.startswith("s3://"):
+        return True
+    scheme = _SCHEME.match(uri)
+    if scheme:
+        raise BadInput(f"{uri}: {scheme.group(1)}:/ is not a storage scheme this job reads or writes: "
+                       f"use {SUPPORTED}")
+    return False
 
 
 def join(base: str, *parts: str) -> str:
@@ -53,7 +73,16 @@ def split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket:
         raise BadInput(f"{uri} has no bucket name: write s3://<bucket>/<prefix>")
+    if not _BUCKET.match(bucket) or ".." in bucket or _IP.match(bucket):
+        raise BadInput(f"{uri}: {bucket!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, dots "
+                       "and hyphens, starting and ending with a letter or digit)")
     return bucket, key
+
+
+def local_name(uri: str) -> str:
+    """A relative local path that stands for a remote URI (a cache's layout): bucket/key."""
+    bucket, key = split_s3(uri)
+    return f"{bucket}/{key.strip('/')}".rstrip("/")
 
 
 # ----------------------------------------------------------------------------- S3 client
@@ -172,7 +201,7 @@ def _umask() -> int:
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write `data` to `uri` atomically (readers see the old object or the whole new one)."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
             if len(data) >= MULTIPART_THRESHOLD:
@@ -219,7 +248,7 @@ def _read_object(bucket: str, key: str) -> bytes:
 
 
 def read_bytes(uri: str) -> bytes:
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
             return _read_object(bucket, key)
@@ -241,7 +270,7 @@ def exists(uri: str) -> bool:
 
 def size(uri: str) -> int | None:
     """Size in bytes of the file at `uri`, or None if there is none."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
             try:
@@ -255,7 +284,7 @@ def size(uri: str) -> int | None:
 
 def list_names(uri: str) -> list[str]:
     """Names directly under a folder/prefix (files and sub-folders), sorted; [] if absent."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/" if key else ""
         names = set()
@@ -271,7 +300,7 @@ def list_names(uri: str) -> list[str]:
 
 def walk_files(uri: str) -> Iterator[str]:
     """Relative paths of every file under a folder/prefix, recursively."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/" if key else ""
         with _S3Errors(uri):
@@ -287,7 +316,7 @@ def walk_files(uri: str) -> Iterator[str]:
 
 def delete(uri: str) -> None:
     """Delete one file; missing is fine."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
             _s3().delete_object(Bucket=bucket, Key=key)
@@ -300,7 +329,7 @@ def delete(uri: str) -> None:
 
 def delete_tree(uri: str) -> None:
     """Delete a folder/prefix and everything under it; missing is fine."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/"
         keys = [prefix + rel for rel in walk_files(uri)]
@@ -317,7 +346,7 @@ def check_writable(uri: str) -> None:
     Writes nothing. For S3 it checks that the bucket exists and the credentials are
     accepted; locally, that the nearest existing folder is a writable folder.
     """
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, _ = split_s3(uri)
         with _S3Errors(uri, bucket_level=True):
             _s3().head_bucket(Bucket=bucket)
@@ -337,7 +366,7 @@ def check_writable(uri: str) -> None:
 
 def check_readable(uri: str) -> None:
     """Fail early if the bucket behind `uri` is missing or refuses these credentials."""
-    if is_s3(uri):
+    if is_remote(uri):
         check_writable(uri)  # the same bucket-level check
     elif not os.path.exists(uri):
         raise BadInput(f"{uri} does not exist")
@@ -363,7 +392,7 @@ def file_sha256(path: str) -> str:
 
 def upload_file(path: str, uri: str) -> None:
     """Copy a local file to `uri` (multipart above MULTIPART_THRESHOLD), atomically."""
-    if is_s3(uri):
+    if is_remote(uri):
         bucket, key = split_s3(uri)
         with _S3Errors(uri):
             _s3().upload_file(path, bucket, key, Config=_transfer_config(),
@@ -380,7 +409,7 @@ def download_file(uri: str, path: str, sha256: str | None = None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.partial-{os.getpid()}"
     try:
-        if is_s3(uri):
+        if is_remote(uri):
             bucket, key = split_s3(uri)
             with _S3Errors(uri):
                 _s3().download_file(bucket, key, tmp, Config=_transfer_config())

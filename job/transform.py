@@ -39,7 +39,7 @@ PREVIEW_SCALE = 2  # side-by-side.png shows 28x28 digits at 56x56 pixels
 
 def list_inputs(inputs: str) -> list[tuple[str, str]]:
     """[(name shown to the user, URI)] of the images to transform, in name order."""
-    if storage.is_s3(inputs):
+    if storage.is_remote(inputs):
         storage.check_readable(inputs)
         if not inputs.endswith("/") and storage.exists(inputs):
             return [(inputs.rsplit("/", 1)[-1], inputs)]
