@@ -18,9 +18,23 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
-def conv_flops(events) -> float:
-    """FLOPs of the forward convolutions profiled (torch's own count, record_shapes=True)."""
-    return sum(e.flops or 0 for e in events if e.key in ("aten::convolution", "aten::_convolution"))
+class ConvFlops:
+    """Counts the FLOPs of every forward convolution (2 per multiply-add) of some modules, from
+    their real shapes (the profiler counts only conv2d, not conv_transpose2d)."""
+
+    def __init__(self, *modules: torch.nn.Module):
+        self.flops = 0
+        for module in modules:
+            for m in module.modules():
+                if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    m.register_forward_hook(self._count)
+
+    def _count(self, m, inputs, output) -> None:
+        k = m.kernel_size[0] * m.kernel_size[1]
+        if isinstance(m, torch.nn.ConvTranspose2d):  # every input pixel meets every output channel
+            self.flops += 2 * inputs[0].numel() * m.out_channels * k // m.groups
+        else:  # every output pixel meets every input channel
+            self.flops += 2 * output.numel() * m.in_channels * k // m.groups
 
 
 def profile_arch(arch: str, precision_mode: str, batch: int, steps: int) -> None:
@@ -48,17 +62,17 @@ def profile_arch(arch: str, precision_mode: str, batch: int, steps: int) -> None
     for _ in range(steps):
         step()
     seconds = time.perf_counter() - start
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+    counter = ConvFlops(G, D)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             step()
     events = prof.key_averages()
     total_us = sum(e.self_cpu_time_total for e in events)
     conv_us = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
-    forward_flops = conv_flops(prof.events())
-    # A convolution's backward (input and weight gradients) costs about twice its forward.
+    forward_us = sum(e.cpu_time_total for e in events if e.key == "aten::convolution")
     print(f"\n== {arch}, {precision.describe()}, batch {batch}: {steps * batch / seconds:.0f} images/s unprofiled; "
-          f"convolutions {100 * conv_us / total_us:.0f}% of self time, about "
-          f"{3 * forward_flops / (conv_us / 1e6) / 1e9:.0f} GFLOP/s in them", flush=True)
+          f"convolutions (forward and backward) {100 * conv_us / total_us:.0f}% of self time; forward "
+          f"convolutions at {counter.flops / (forward_us / 1e6) / 1e9:.0f} GFLOP/s", flush=True)
     print(prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=32, max_shapes_column_width=60))
 
