@@ -20,7 +20,7 @@ from job.logs import grid_png
 from job.models import build_model
 from job.models.autoencoder import nearest_template
 from job.steps import autoencoder_step, warmup_cosine_lr
-from job.train import Trainer
+from job.trainer import Trainer
 
 ARCH = "conv"
 DIGIT_DATASETS = ("mnist", "emnist-digits", "usps", "svhn", "imagefolder")

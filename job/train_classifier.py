@@ -19,7 +19,7 @@ from job.augment import random_affine
 from job.models import build_model
 from job.precision import Precision
 from job.steps import adam, classifier_step, warmup_cosine_lr
-from job.train import Trainer
+from job.trainer import Trainer
 
 ARCH = "cnn"
 

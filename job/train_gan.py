@@ -16,7 +16,7 @@ from job import checkpoint, storage
 from job.logs import grid_png
 from job.models import build_gan
 from job.steps import adam, ema_update, gan_step
-from job.train import Trainer
+from job.trainer import Trainer
 
 GRID_COLUMNS = 10
 

@@ -19,7 +19,7 @@ from job import checkpoint, config, data, runtime, storage
 from job.logs import MetricsLog, grid_png
 from job.models import build_model
 from job.models.mean import class_sums, means_from_sums
-from job.train import Trainer
+from job.trainer import Trainer
 
 ARCH = "mean"
 GRID_COLUMNS = 10
