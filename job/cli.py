@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_text)
         if name == "data":
             c.add_argument("action", choices=["push"], help="push: copy the dataset files and a sha256 manifest")
-            c.add_argument("dataset", help="dataset name: mnist, fashion-mnist, kmnist, emnist-digits, usps, svhn, imagefolder")
+            c.add_argument("dataset",
+                           help="dataset name: mnist, fashion-mnist, kmnist, emnist-digits, usps, svhn, imagefolder")
             c.add_argument("dest", help="destination folder or s3://bucket/prefix")
         c.add_argument("--config", default=None, help="preset name (see `presets`) or path to a YAML file")
         c.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -42,9 +42,9 @@ class DataConfig:
     root: str = field(default_factory=lambda: os.environ.get("DIGITS_DATA_DIR", "data"))
     # Side length the model sees (images are resized to it); null: the dataset's native
     # size (28 for an image folder), or 64 for model.arch=dcgan64.
-    image_size: Optional[int] = _bounded(None, min=8, max=512)
+    image_size: int | None = _bounded(None, min=8, max=512)
     # imagefolder: 1 (grey) or 3 (RGB); null: 1 when every image is greyscale, else 3.
-    channels: Optional[int] = _bounded(None, min=1, max=3)
+    channels: int | None = _bounded(None, min=1, max=3)
 
 
 @dataclass
@@ -242,7 +242,7 @@ class SampleJob:
     # strings: the text of every image (e.g. 2026), or a file/URI of strings, one per line,
     # used in order and repeated to reach `count`; neither: texts are drawn (strings.length,
     # strings.digits) from each shard's stream.
-    text: Optional[str] = None
+    text: str | None = None
     texts: str = ""
     strings: StringsConfig = field(default_factory=StringsConfig)
 
@@ -270,7 +270,8 @@ class SampleJob:
             parts = [p.strip() for p in self.labels.split(",")]
             if not all(p.isdigit() for p in parts) or not parts:
                 raise BadInput(
-                    f"labels={self.labels!r} is not allowed: use balanced, uniform or a comma list of classes like 3,5,8"
+                    f"labels={self.labels!r} is not allowed: use balanced, uniform or a comma list of classes "
+                    "like 3,5,8"
                 )
 
     def label_choices(self) -> list[int] | None:
@@ -507,7 +508,8 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool) 
         _set(getattr(obj, name), path[1:], value, full_key, from_text)
         return
     if len(path) > 1:
-        raise BadInput(f"unknown config key {full_key!r}: {'.'.join(full_key.split('.')[:-len(path) + 1])} is a value, not a section")
+        parent = ".".join(full_key.split(".")[: -len(path) + 1])
+        raise BadInput(f"unknown config key {full_key!r}: {parent} is a value, not a section")
     coerced = _coerce(value, tp, full_key, from_text)
     _check_range(coerced, f.metadata, full_key)
     setattr(obj, name, coerced)

@@ -18,15 +18,16 @@ generator), or `baseline=<generator file>` (a trained mean model, or another gen
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import torch
 
-from job import checkpoint, config, data, quality, runtime, sample, scoring, shards, storage
+from job import checkpoint, config, data, evaluate_strings, quality, runtime, sample, scoring, storage
 from job.errors import BadInput
 from job.logs import grid_png
+from job.reports import write_report
+from job.shard_sets import read_manifest, shard_set_digits
 from job.train_classifier import fit
 
 REPORT_FORMAT = "digit-job/evaluation"
@@ -35,64 +36,12 @@ REPORT_FORMAT = "digit-job/evaluation"
 # ----------------------------------------------------------------------------- digits to score
 
 
-def generated_digits(G, n: int, seed: int, batch: int, device, precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
+def generated_digits(G, n: int, seed: int, batch: int, device,
+                     precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
     """n digits from G with balanced labels (NO_LABEL when unconditional), seeded."""
     gen = torch.Generator().manual_seed(runtime.stream_seed(seed, 0xE7A1))
     z, labels = sample.draw_inputs(n, G.latent_dim, G.num_classes, "balanced", gen)
     return sample.generate(G, z, labels, batch, device, precision), labels
-
-
-def _safe_name(name: str, where: str) -> str:
-    """A manifest's file name must stay inside its folder."""
-    if not storage.stays_inside(name):
-        raise BadInput(f"{where} names a file outside its folder: {name!r}")
-    return name
-
-
-def read_manifest(uri: str) -> dict:
-    """The manifest of a complete shard set (BadInput when there is none or it is not one)."""
-    manifest_uri = storage.join(uri, sample.MANIFEST)
-    if not storage.exists(manifest_uri):
-        raise BadInput(f"samples={uri} is not a complete shard set: no {sample.MANIFEST} (is `job sample` finished?)")
-    try:
-        manifest = json.loads(storage.read_bytes(manifest_uri))
-        fmt, records = manifest["shard_format"], manifest["shards"]
-        if not isinstance(records, list):
-            raise TypeError("shards is not a list")
-    except (ValueError, KeyError, TypeError) as e:
-        raise BadInput(f"{manifest_uri} is not a digit-job manifest ({e})") from None
-    if fmt not in shards.FORMATS:
-        raise BadInput(f"{manifest_uri} names an unknown shard format {fmt!r}")
-    return manifest
-
-
-def verified_shard_files(uri: str, record: dict, manifest_uri: str) -> dict[str, bytes]:
-    """{name: bytes} of one shard of the set at `uri`, each checked against its manifest sha256."""
-    files = {}
-    for name, entry in record["files"].items():
-        blob = storage.read_bytes(storage.join(uri, _safe_name(name, manifest_uri)))
-        if checkpoint.sha256(blob) != entry["sha256"]:
-            raise BadInput(f"{storage.join(uri, name)} does not match the sha256 in {manifest_uri}")
-        files[name] = blob
-    return files
-
-
-def shard_set_digits(uri: str, manifest: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to n digits of a complete shard set, in shard order, each file checked against
-    the manifest's sha256. Returns (images, labels)."""
-    manifest_uri = storage.join(uri, sample.MANIFEST)
-    fmt, records = manifest["shard_format"], manifest["shards"]
-    images, labels, have = [], [], 0
-    for record in records:
-        if have >= n:
-            break
-        x, y = shards.decode(fmt, verified_shard_files(uri, record, manifest_uri))
-        images.append(x)
-        labels.append(y)
-        have += len(y)
-    if not images:
-        raise BadInput(f"samples={uri} holds no digits")
-    return torch.cat(images)[:n], torch.cat(labels)[:n]
 
 
 def class_means_model(train: data.Split, image_size: int):
@@ -177,7 +126,8 @@ def report_markdown(report: dict) -> str:
         "",
         f"{report['n']} digits per row, judged by {report['classifier']['uri']} "
         f"(test accuracy {_fmt(report['classifier'].get('test_accuracy'), 2, True)}); "
-        f"TSTR: {report['tstr']['n']} training digits, {report['tstr']['epochs']} epochs, tested on the real test split.",
+        f"TSTR: {report['tstr']['n']} training digits, {report['tstr']['epochs']} epochs, "
+        "tested on the real test split.",
         "",
         "| row | FID | IS | CAS | TSTR | precision | recall | class share min / max |",
         "|---|---|---|---|---|---|---|---|",
@@ -231,8 +181,6 @@ def main(cfg: config.EvaluateJob) -> int:
     classifier, classifier_info, _ = scoring.load_classifier(cfg.classifier)
     manifest = read_manifest(cfg.samples) if cfg.samples else None
     if manifest is not None and manifest.get("layout") == "strings":
-        from job import evaluate_strings
-
         out = default_out(cfg)
         storage.check_writable(out)
         return evaluate_strings.main(cfg, manifest, out, classifier, classifier_info)
@@ -275,7 +223,8 @@ def main(cfg: config.EvaluateJob) -> int:
     train = data.load_split(cfg.data, train=True)
     test = data.load_split(cfg.data, train=False)
     if train.num_classes != classifier.num_classes:
-        raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} has {train.num_classes}")
+        raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} "
+                       f"has {train.num_classes}")
     if G is not None:
         say(f"generating {wanted} digits")
         images, labels = generated_digits(G.to(device), wanted, cfg.seed, cfg.batch_size, device, precision.mode)
@@ -320,12 +269,3 @@ def main(cfg: config.EvaluateJob) -> int:
     write_report(out, report, report_markdown(report), grid)
     acc.wait_for_everyone()
     return 0
-
-
-def write_report(out: str, report: dict, markdown: str, grid_png: bytes) -> None:
-    """grid.png, report.md and report.json into `out`; the markdown is printed too."""
-    storage.write_bytes(storage.join(out, "grid.png"), grid_png)
-    storage.write_bytes(storage.join(out, "report.md"), markdown.encode())
-    storage.write_bytes(storage.join(out, "report.json"), json.dumps(report, indent=1).encode())
-    print(markdown, flush=True)
-    print(f"digit-job evaluate: wrote {storage.join(out, 'report.json')}, report.md and grid.png", flush=True)

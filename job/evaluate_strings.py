@@ -20,7 +20,8 @@ import torch
 
 from job import config, digit_image, runtime, sample, scoring, shards, storage
 from job.errors import BadInput
-from job.evaluate import verified_shard_files, write_report
+from job.reports import write_report
+from job.shard_sets import verified_shard_files
 
 REPORT_FORMAT = "digit-job/strings-report"
 

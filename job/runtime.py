@@ -18,8 +18,8 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
 from job import cpu_budget
-from job.precision import Precision, resolve
 from job.errors import DeviceMissing, PeerLost
+from job.precision import Precision, resolve
 
 # A collective waits this long for a peer that neither answers nor closes its connection
 # (a node that vanished) before the job gives up with PeerLost; torch's default is 30 min.
@@ -62,7 +62,10 @@ def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision]:
 
 def describe(accelerator: Accelerator, precision: Precision) -> str:
     device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads/process)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu ({torch.get_num_threads()} threads/process)"
     return f"device={device.type} [{name}] world_size={accelerator.num_processes} precision={precision.describe()}"
 
 

@@ -110,7 +110,8 @@ def draw_inputs(n: int, latent_dim: int, num_classes: int, labels: str, gen: tor
 
 
 @torch.inference_mode()
-def generate(G, z: torch.Tensor, labels: torch.Tensor, batch: int, device: torch.device, precision: str) -> torch.Tensor:
+def generate(G, z: torch.Tensor, labels: torch.Tensor, batch: int, device: torch.device,
+             precision: str) -> torch.Tensor:
     """uint8 [n, C, H, W] on the CPU (pinned on CUDA), generated in chunks of `batch`."""
     pin = device.type == "cuda"
     out = torch.empty((z.shape[0], *G.output_shape), dtype=torch.uint8, pin_memory=pin)
@@ -311,7 +312,8 @@ def _confidence_classifier(cfg: config.SampleJob, G) -> tuple[torch.nn.Module, s
         raise BadInput("min_confidence needs a conditional generator (an unconditional one has no requested class)")
     classifier, _, raw = scoring.load_classifier(cfg.classifier)
     if classifier.num_classes != G.num_classes or classifier.channels != G.output_shape[0]:
-        raise BadInput(f"classifier={cfg.classifier} ({classifier.num_classes} classes, {classifier.channels} channel(s)) "
+        raise BadInput(f"classifier={cfg.classifier} ({classifier.num_classes} classes, "
+                       f"{classifier.channels} channel(s)) "
                        f"does not fit this generator ({G.num_classes} classes, {G.output_shape[0]} channel(s))")
     return classifier, checkpoint.sha256(raw)
 
@@ -355,7 +357,8 @@ def _precision_for(cfg: config.SampleJob, device: torch.device, recorded: dict |
     is made in one precision and a rerun stays byte-identical; else the device decides."""
     if cfg.precision == "auto" and recorded is not None and recorded.get("precision") in ("no", "bf16"):
         mode = recorded["precision"]
-        return Precision(mode, device.type, f"auto: the plan already in {cfg.out} is {'fp32' if mode == 'no' else mode}")
+        name = "fp32" if mode == "no" else mode
+        return Precision(mode, device.type, f"auto: the plan already in {cfg.out} is {name}")
     return resolve(cfg.precision, device)
 
 
@@ -457,7 +460,8 @@ def main(cfg: config.SampleJob) -> int:
         keep = ConfidenceFilter(classifier.to(device), cfg.min_confidence, cfg.batch_size, device)
         rates = keep.preflight(G, plan)
         runtime.print0(acc, f"digit-job sample: min_confidence={cfg.min_confidence} keeps about "
-                            f"{100 * sum(rates) / len(rates):.1f}% of drawn digits (worst class {100 * min(rates):.1f}%)")
+                            f"{100 * sum(rates) / len(rates):.1f}% of drawn digits "
+                            f"(worst class {100 * min(rates):.1f}%)")
     # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
     worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
     runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, precision)}")

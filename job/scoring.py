@@ -14,6 +14,7 @@ import torch
 from job import data
 from job.errors import BadInput
 
+
 def resolve_classifier(spec: str) -> str:
     """A `classifier=` value -> a path or URI. `builtin:mnist` is the shipped file."""
     from job.models import resolve_builtin

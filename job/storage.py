@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from job.errors import BadInput, StorageUnreachable
 
@@ -183,7 +183,8 @@ class _S3Errors:
 def _missing(exc: Exception) -> bool:
     from botocore.exceptions import ClientError
 
-    return isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound")
+    code = str(exc.response.get("Error", {}).get("Code")) if isinstance(exc, ClientError) else None
+    return code in ("404", "NoSuchKey", "NotFound")
 
 
 # ----------------------------------------------------------------------------- the API

@@ -111,6 +111,7 @@ class AutoencoderTrainer(Trainer):
             self.evaluate(step)
         extra = {"dataset": self.cfg.data.name, "fonts": [f.rsplit("/", 1)[-1] for f in self.fonts],
                  "nearest_template_accuracy": self.accuracy, "seed": self.cfg.seed, "steps": step}
-        checkpoint.export_model(storage.join(self.cfg.run.dir, self.model_file), self.modules["autoencoder"].state_dict(),
-                                kind="autoencoder", arch=ARCH, kwargs=self.kwargs, step=step, extra=extra)
+        checkpoint.export_model(storage.join(self.cfg.run.dir, self.model_file),
+                                self.modules["autoencoder"].state_dict(), kind="autoencoder", arch=ARCH,
+                                kwargs=self.kwargs, step=step, extra=extra)
 

@@ -81,7 +81,8 @@ def main() -> None:
         results["bare_forward_digits_per_s"] = {"fp32": round(bare, 1), "bf16": round(bare_bf16, 1)}
         print(f"bare forward pass (width {args.width}, batch {args.batch}): fp32 {bare:.0f} digits/s, "
               f"bf16 {bare_bf16:.0f} digits/s", flush=True)
-        common = [f"generator={gen}", f"count={args.count}", f"shard_size={args.shard_size}", f"batch_size={args.batch}"]
+        common = [f"generator={gen}", f"count={args.count}", f"shard_size={args.shard_size}",
+                  f"batch_size={args.batch}"]
         for fmt, mode, reference in [("safetensors", "no", bare), ("safetensors", "bf16", bare_bf16),
                                      ("webdataset", "no", bare), ("idx", "no", bare)]:
             name = "fp32" if mode == "no" else mode

@@ -22,8 +22,9 @@ import json
 import re
 import sys
 
-import benchlib
 from bench_quality import trained_to
+
+import benchlib
 
 
 def job(*args: str) -> tuple[str, int, float]:

@@ -133,16 +133,12 @@ def compiled_step_rates(arch: str, size: int, batch: int, steps: int) -> dict[st
         fp32 = Precision("no", "cpu")
         real = torch.randn(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
         labels = torch.randint(0, 10, (batch,))
-
-        def step():
-            gan_step(G, D, opt_g, opt_d, fp32.scaler(), fp32.scaler(), fp32, real, labels, torch.randn(batch, 100),
-                     labels)
-
+        nets = (G, D, opt_g, opt_d, fp32.scaler(), fp32.scaler(), fp32)
         for _ in range(5):  # warm-up (and compilation)
-            step()
+            gan_step(*nets, real, labels, torch.randn(batch, 100), labels)
         start = time.perf_counter()
         for _ in range(steps):
-            step()
+            gan_step(*nets, real, labels, torch.randn(batch, 100), labels)
         rates[mode] = steps * batch / (time.perf_counter() - start)
     return rates
 
@@ -191,7 +187,8 @@ def peer_rate(peer: Path, batch: int, image_size: int, timeout_s: float = 1800) 
     if PEER_FIRST not in seen or PEER_LAST not in seen:
         raise SystemExit(f"the peer did not reach iteration {PEER_LAST}:\n{''.join(tail)}")
     rate = (PEER_LAST - PEER_FIRST) * batch / (seen[PEER_LAST] - seen[PEER_FIRST])
-    commit = subprocess.run(["git", "-C", str(peer), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "-C", str(peer), "rev-parse", "HEAD"], capture_output=True, text=True)
+    commit = git.stdout.strip()
     return {"command": " ".join(["python", "dcgan/main.py", *cmd[3:]]), "commit": commit or None,
             "timed_iterations": [PEER_FIRST, PEER_LAST], "images_per_s": round(rate, 1)}
 

@@ -70,7 +70,6 @@ def s3_server(tmp_path_factory):
     in-process jobs and the processes tests start both use it.
     """
     import s3_local
-
     from job import storage
 
     folder = tmp_path_factory.mktemp("seaweedfs")

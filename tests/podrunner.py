@@ -128,7 +128,7 @@ class Cluster:
     host_cpus: int = os.cpu_count() or 1
 
     @classmethod
-    def from_yaml(cls, text: str, **kwargs) -> "Cluster":
+    def from_yaml(cls, text: str, **kwargs) -> Cluster:
         return cls([o for o in yaml.safe_load_all(text) if o], **kwargs)
 
     def job(self, prefix: str) -> dict:

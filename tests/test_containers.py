@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"]
@@ -127,7 +128,8 @@ def test_sampling_passes_its_arguments_through_untouched():
 def test_multi_node_uses_the_job_index_and_a_c10d_rendezvous():
     command = entrypoint(4, "train", NNODES="2", JOB_COMPLETION_INDEX="1", MASTER_ADDR="trainer-0.trainer")
     assert "--num_machines 2 --machine_rank 1 --num_processes 8" in command
-    assert "--main_process_ip trainer-0.trainer --main_process_port 29500 --rdzv_backend c10d --rdzv_conf is_host=0" in command
+    assert ("--main_process_ip trainer-0.trainer --main_process_port 29500 --rdzv_backend c10d "
+            "--rdzv_conf is_host=0") in command
 
 
 def test_node_0_hosts_the_rendezvous_on_its_own_loopback_without_resolving_its_name():

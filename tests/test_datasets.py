@@ -15,8 +15,8 @@ from conftest import run_job, train
 from job import data
 from job.cli import main
 from job.config import DataConfig
-from job.evaluate import read_manifest, shard_set_digits
 from job.models import load_generator
+from job.shard_sets import read_manifest, shard_set_digits
 
 SHAPES = ("circle", "cross", "square")
 
@@ -25,7 +25,7 @@ def make_image_folder(root, per_class: int = 12, size: int = 48, mode: str = "RG
                       varied_sizes: bool = False):
     """<root>/<shape>/<i>.png: coloured shapes on coloured paper, one class per shape."""
     rng = random.Random(seed)
-    for label, shape in enumerate(SHAPES):
+    for shape in SHAPES:
         os.makedirs(root / shape, exist_ok=True)
         for i in range(per_class):
             side = rng.choice((size, 2 * size, size + 17)) if varied_sizes else size

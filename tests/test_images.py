@@ -16,10 +16,10 @@ import os
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import boto3
 import pytest
+
 from conftest import REPO, SHARED_MNIST
 from podrunner import Cluster, Pod, podman, run_flags
 
@@ -82,7 +82,8 @@ def pods():
     p.cleanup()
 
 
-def render(image: str, overlay: str, job: str, run: str, bucket: str, s3_server, endpoint: str | None = None) -> Cluster:
+def render(image: str, overlay: str, job: str, run: str, bucket: str, s3_server,
+           endpoint: str | None = None) -> Cluster:
     """What `scripts/submit.sh <overlay> <job> --image IMAGE ...` would apply, with the S3
     Secret a user creates from k8s/s3-secret.template.yaml."""
     proc = subprocess.run(
@@ -93,7 +94,8 @@ def render(image: str, overlay: str, job: str, run: str, bucket: str, s3_server,
     cluster = Cluster.from_yaml(proc.stdout, secrets={"digit-job-s3": {
         "AWS_ACCESS_KEY_ID": s3_server.access_key, "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}})
     # Fail fast on a dead endpoint (the shipped 8 attempts take minutes; a user may lower it too).
-    [s3_map] = [o for o in cluster.objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("digit-job-s3")]
+    [s3_map] = [o for o in cluster.objects
+                if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("digit-job-s3")]
     s3_map["data"]["AWS_MAX_ATTEMPTS"] = "2"
     return cluster
 
@@ -297,8 +299,8 @@ def test_the_image_with_no_arguments_completes_its_default_command_and_writes_on
     completes; then `podman diff` on that container (no --read-only this time) shows no
     change outside /tmp and /cache, the folders a pod mounts emptyDirs on."""
     name = f"default-{os.urandom(3).hex()}"
-    run = subprocess.run(podman() + ["run", *run_flags(), "--name", name, "--volume", f"{MNIST}:/data:ro", image], capture_output=True,
-                         text=True, timeout=900)
+    run = subprocess.run(podman() + ["run", *run_flags(), "--name", name, "--volume", f"{MNIST}:/data:ro", image],
+                         capture_output=True, text=True, timeout=900)
     try:
         assert run.returncode == 0, run.stderr[-3000:]
         assert "digit-job train: done at step 2000" in run.stdout

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 K8S = REPO / "k8s"

@@ -9,8 +9,8 @@ from conftest import read_metrics, train
 from job import data
 from job.cli import main
 from job.config import DataConfig
-from job.evaluate import read_manifest, shard_set_digits
 from job.models import load_generator
+from job.shard_sets import read_manifest, shard_set_digits
 
 
 @pytest.fixture(scope="module")

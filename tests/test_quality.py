@@ -8,7 +8,6 @@ import torch
 from job import data, quality, scoring
 from job.config import DataConfig
 
-
 # ----------------------------------------------------------------------------- known values
 
 
@@ -90,7 +89,8 @@ def test_real_digits_sit_at_the_fid_floor_and_shuffled_pixels_far_away(mnist, cl
     real_b = scoring.score(model, test.images[:n])
     g = torch.Generator().manual_seed(0)
     flat = test.images[:n].reshape(n, -1)
-    shuffled = torch.stack([row[torch.randperm(row.numel(), generator=g)] for row in flat]).reshape(test.images[:n].shape)
+    shuffled = torch.stack([row[torch.randperm(row.numel(), generator=g)] for row in flat])
+    shuffled = shuffled.reshape(test.images[:n].shape)
     noise = scoring.score(model, shuffled)
     floor, far = quality.fid(real_a.features, real_b.features), quality.fid(real_a.features, noise.features)
     assert far > 50 * max(floor, 0.01), (floor, far)

@@ -68,7 +68,8 @@ def build_model(kind: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:
         raise BadInput(f"model arguments {kwargs} do not fit {kind} arch {arch}: {e}") from None
 
 
-def load_model(uri: str, kind: str | tuple[str, ...], device: torch.device | str = "cpu") -> tuple[nn.Module, dict, bytes]:
+def load_model(uri: str, kind: str | tuple[str, ...],
+               device: torch.device | str = "cpu") -> tuple[nn.Module, dict, bytes]:
     """Rebuild the model stored in `uri` (of `kind`, or one of several), in eval mode.
     Returns (model, info, file bytes)."""
     from job.checkpoint import read_model_file
