@@ -11,8 +11,9 @@ meta.json is written last, so a folder without it is incomplete and never resume
 Files are verified against meta.json's sums on load. Nothing is loaded with pickle.
 
 A run also exports one model file: `<run>/generator.safetensors` (the EMA generator of a
-GAN, or the mean images), `<run>/autoencoder.safetensors` or `<run>/classifier.safetensors`.
-Its safetensors metadata holds the kind, architecture and constructor arguments, so it can be rebuilt with nothing else.
+GAN, or the mean images), `<run>/autoencoder.safetensors` or
+`<run>/classifier.safetensors`. Its safetensors metadata holds the kind, architecture and
+constructor arguments, so it can be rebuilt with nothing else.
 """
 
 from __future__ import annotations

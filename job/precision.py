@@ -9,8 +9,8 @@ takes bf16 only where the device has units that make it fast, else fp32:
   AMD Zen 4 and later when the hypervisor passes the flags through), else fp32.
 
 Without those units oneDNN emulates bf16 and it is much slower than fp32, not faster: on the
-2-core AVX2 EPYC this project is developed on, a cdcgan-mnist training step ran 32x slower
-and the generator's forward 3.7x slower in bf16 (see README, Benchmarks). So `auto` must look
+2-core AVX2 EPYC this project is developed on, a cdcgan-mnist training step ran about 30x
+slower and the generator's forward about 4x slower in bf16 (see README, Benchmarks). So `auto` must look
 at the hardware; a blanket bf16 default would be a trap.
 """
 
@@ -27,6 +27,11 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CHOICES = ("auto", "no", "bf16", "fp16")
 
 
+def display_name(mode: str) -> str:
+    """What a mode is called in logs and reports: "no" (autocast off) is fp32."""
+    return "fp32" if mode == "no" else mode
+
+
 @dataclass(frozen=True)
 class Precision:
     """Autocast settings of one process. Each optimizer gets its own GradScaler (fp16 only):
@@ -38,7 +43,7 @@ class Precision:
 
     @property
     def name(self) -> str:
-        return "fp32" if self.mode == "no" else self.mode
+        return display_name(self.mode)
 
     def autocast(self):
         if self.mode == "no":

@@ -2,9 +2,9 @@
 
 The handler only records the signal; the training loop asks `stop_agreed()` after every
 step (every 10th under a multi-process launch). Every rank must take the same decision at
-the same step (the checkpoint is a collective), so the local flags are gathered: if any rank was signalled, all
-stop after that step, save a checkpoint and exit with 128 + the signal number (143 for
-SIGTERM), which tells a Job the run did not finish. `accelerate launch` forwards SIGTERM to
+the same step (the checkpoint is a collective), so the local flags are gathered: if any
+rank was signalled, all stop after that step, save a checkpoint and exit with 128 + the
+signal number (143 for SIGTERM), which tells a Job the run did not finish. `accelerate launch` forwards SIGTERM to
 its workers and gives them 30 s; a checkpoint of these models takes well under a second.
 """
 

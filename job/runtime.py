@@ -2,8 +2,8 @@
 
 One place decides: device (CUDA if present, else CPU even under a multi-GPU launch, unless
 the pod asked for GPUs: DIGITS_REQUIRE_GPU=1), precision (job/precision.py: auto, bf16 only
-where the device runs it fast), CPU threads per process (from the container's CPU limit), how long
-a collective may wait for a silent peer, and printing from the main process only.
+where the device runs it fast), CPU threads per process (from the container's CPU limit),
+how long a collective may wait for a silent peer, and printing from the main process only.
 """
 
 from __future__ import annotations

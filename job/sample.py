@@ -36,7 +36,7 @@ import torch
 from job import checkpoint, config, data, logs, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
-from job.precision import Precision, resolve
+from job.precision import Precision, display_name, resolve
 from job.preemption import Preempted, StopSignals
 
 RECORDS = "_records"
@@ -357,8 +357,7 @@ def _precision_for(cfg: config.SampleJob, device: torch.device, recorded: dict |
     is made in one precision and a rerun stays byte-identical; else the device decides."""
     if cfg.precision == "auto" and recorded is not None and recorded.get("precision") in ("no", "bf16"):
         mode = recorded["precision"]
-        name = "fp32" if mode == "no" else mode
-        return Precision(mode, device.type, f"auto: the plan already in {cfg.out} is {name}")
+        return Precision(mode, device.type, f"auto: the plan already in {cfg.out} is {display_name(mode)}")
     return resolve(cfg.precision, device)
 
 
@@ -369,7 +368,7 @@ def _check_one_precision(out: str, records: list[dict], planned: str) -> None:
     if other:
         shown = ", ".join(str(i) for i in other[:10]) + (" ..." if len(other) > 10 else "")
         raise BadInput(f"{out}: shards {shown} were generated in another precision than the plan's "
-                       f"({'fp32' if planned == 'no' else planned}); delete their records under "
+                       f"({display_name(planned)}); delete their records under "
                        f"{storage.join(out, RECORDS)} and rerun, or pass precision= explicitly to every worker")
 
 

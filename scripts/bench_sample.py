@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--no-s3", action="store_true", help="skip the local S3 server run")
     args = p.parse_args()
     benchlib.use_default_data_dir()
+    from job.precision import display_name
+
     results: dict = {"width": args.width, "batch_size": args.batch, "shard_size": args.shard_size, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -85,7 +87,7 @@ def main() -> None:
                   f"batch_size={args.batch}"]
         for fmt, mode, reference in [("safetensors", "no", bare), ("safetensors", "bf16", bare_bf16),
                                      ("webdataset", "no", bare), ("idx", "no", bare)]:
-            name = "fp32" if mode == "no" else mode
+            name = display_name(mode)
             r = run_sample([*common, f"out={tmp / (fmt + '-' + name)}", f"format={fmt}", f"precision={mode}"])
             r.update(target="local", format=fmt, precision=name, count=args.count,
                      vs_bare=round(r["digits_per_s"] / reference, 3))

@@ -226,7 +226,7 @@ def main() -> None:
         steps = steps_for(name, mode)
         ips, batch = measure(preset, [*overrides, f"train.mixed_precision={mode}"], args.warmup, steps, **extra)
         entry = {"variant": name, "preset": preset, "overrides": overrides, "batch_size": batch,
-                 "precision": "fp32" if mode == "no" else mode, "timed_steps": steps, "images_per_s": round(ips, 1),
+                 "precision": precision.display_name(mode), "timed_steps": steps, "images_per_s": round(ips, 1),
                  "kept": kept}
         results.append(entry)
         print(f"{name:50s} {entry['precision']:5s} {ips:9.1f} images/s", flush=True)
