@@ -33,11 +33,9 @@ from safetensors.torch import save as st_save
 import job
 from job import storage
 from job.errors import BadInput
+from job.kinds import CLASSIFIER_FILE, GENERATOR_FILE
 
 CHECKPOINT_DIR = "checkpoints"
-GENERATOR_FILE = "generator.safetensors"
-CLASSIFIER_FILE = "classifier.safetensors"
-AUTOENCODER_FILE = "autoencoder.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 FORMAT = "digit-job/checkpoint"
 MODEL_FORMAT = "digit-job/model"  # generator and classifier files alike

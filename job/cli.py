@@ -24,10 +24,11 @@ import os
 import sys
 
 from job.errors import JobError
+from job.kinds import KINDS, help_text
 from job.preemption import Preempted
 
 COMMANDS = {
-    "train": "train a model: dcgan (conditional or not), autoencoder, mean, classifier",
+    "train": "train a model: " + ", ".join(KINDS) + " (model.kind=...)",
     "sample": "bulk-generate labeled digits into shards: sample generator=<URI> count=N out=<URI>",
     "evaluate": "score a generator or shard set: evaluate generator=<URI> | samples=<URI> [n=10000]",
     "transform": "handwritten digit images -> printed digits: transform generator=<autoencoder> inputs=<URI> out=<URI>",
@@ -42,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Launch with `accelerate launch -m job ...` for several processes or GPUs.",
     )
     sub = p.add_subparsers(dest="command", metavar="command")
-    for name, help_text in COMMANDS.items():
-        c = sub.add_parser(name, help=help_text)
+    for name, text in COMMANDS.items():
+        c = sub.add_parser(name, help=text, epilog=help_text() if name == "train" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "data":
             c.add_argument("action", choices=["push"], help="push: copy the dataset files and a sha256 manifest")
             c.add_argument("dataset",

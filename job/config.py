@@ -20,6 +20,10 @@ from typing import Any, Literal
 import yaml
 
 from job.errors import BadInput
+from job.kinds import KINDS
+
+# The model.kind values: the registered kinds (job/kinds.py), in registration order.
+KindName = Literal[tuple(KINDS)]  # type: ignore[valid-type]
 
 
 def _bounded(default: Any, *, min: float | None = None, max: float | None = None) -> Any:
@@ -52,7 +56,9 @@ class ModelConfig:
     # What is trained: dcgan (a generator), autoencoder (handwritten digit -> the same
     # digit in a printed font, for `job transform`), mean (the per-class mean image: the
     # seed project's baseline, sampled like a generator) or classifier (the evaluation network).
-    kind: Literal["dcgan", "autoencoder", "mean", "classifier"] = "dcgan"
+    # Each kind reads only some of the keys below (job/kinds.py); setting one it does not
+    # read is refused.
+    kind: KindName = "dcgan"
     # dcgan only. dcgan28: dense projection to S/4 x S/4 + 2 transposed convs (fast; named
     # for MNIST's 28, runs at any data.image_size that is a multiple of 4: 28, 32, 48, 64).
     # dcgan64: the classic pytorch/examples DCGAN at 64x64 (images resized to 64).
@@ -148,10 +154,28 @@ class TrainJob:
                                "set data.image_size=64 or null, or use model.arch=dcgan28")
             size = 64
         size = size or native_size(self.data.name)
-        if m.kind in ("dcgan", "autoencoder") and size % 4:
-            raise BadInput(f"data.image_size={size} does not fit model.kind={m.kind}: it must be a multiple of 4 "
-                           "(e.g. 28, 32, 48, 64)")
+        multiple = KINDS[m.kind].size_multiple
+        if size % multiple:
+            raise BadInput(f"data.image_size={size} does not fit model.kind={m.kind}: it must be a multiple of "
+                           f"{multiple} (e.g. 28, 32, 48, 64)")
         self.data.image_size = size
+
+    def check_used(self, given: dict[str, str]) -> None:
+        """Refuse model./train. keys that were set (in `given`: key -> where) but that the
+        chosen kind never reads: they would be silently ignored."""
+        kind = KINDS[self.model.kind]
+        unused: dict[str, list[str]] = {}
+        for key, where in given.items():
+            if not kind.uses(key):
+                unused.setdefault(where, []).append(key)
+        if not unused:
+            return
+        where, keys = next(iter(unused.items()))
+        sections = {k.split(".")[0] + "." for k in keys}
+        reads = ", ".join(k for k in kind.keys if k.startswith(tuple(sections))) or "none of " + " or ".join(
+            sorted(s + "*" for s in sections))
+        raise BadInput(f"{where} sets {', '.join(keys)}, which model.kind={kind.name} does not use: remove "
+                       f"{'it' if len(keys) == 1 else 'them'} ({kind.name} reads {reads})")
 
 
 def check_data(data: DataConfig) -> None:
@@ -489,7 +513,10 @@ def _fields(obj: Any) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(obj)}
 
 
-def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool) -> None:
+def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool,
+         given: dict[str, str] | None = None, where: str = "") -> None:
+    """Set one key (a section from YAML sets each of its keys); `given` records the full key
+    of every value set and `where` it came from."""
     fields = _fields(obj)
     name = path[0]
     if name not in fields:
@@ -503,9 +530,9 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool) 
                 sub = ", ".join(f"{full_key}.{k}" for k in _fields(getattr(obj, name)))
                 raise BadInput(f"{full_key} is a section, not a value: set one of {sub}")
             for k, v in value.items():
-                _set(getattr(obj, name), [str(k)], v, f"{full_key}.{k}", from_text)
+                _set(getattr(obj, name), [str(k)], v, f"{full_key}.{k}", from_text, given, where)
             return
-        _set(getattr(obj, name), path[1:], value, full_key, from_text)
+        _set(getattr(obj, name), path[1:], value, full_key, from_text, given, where)
         return
     if len(path) > 1:
         parent = ".".join(full_key.split(".")[: -len(path) + 1])
@@ -513,6 +540,8 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool) 
     coerced = _coerce(value, tp, full_key, from_text)
     _check_range(coerced, f.metadata, full_key)
     setattr(obj, name, coerced)
+    if given is not None:
+        given[full_key] = where
 
 
 def _check_command(command: str, mapping: dict, where: str) -> None:
@@ -531,23 +560,33 @@ def _check_command(command: str, mapping: dict, where: str) -> None:
 def load(command: str, config: str | None, overrides: list[str]) -> Any:
     """Build the checked config for `command` from a preset/file and key=value overrides."""
     cfg = SCHEMAS[command]()
+    given: dict[str, str] = {}  # every key set -> where (for keys the chosen model kind ignores)
     if config is not None:
         mapping, where = _read_config_source(config)
         _check_command(command, mapping, where)
         for key, value in mapping.items():
-            _set(cfg, [str(key)], value, str(key), from_text=False)
+            _set(cfg, [str(key)], value, str(key), False, given, where)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise BadInput(f"argument {item!r} is not key=value (example: train.steps=100)")
-        _set(cfg, key.split("."), value, key, from_text=True)
+        _set(cfg, key.split("."), value, key, True, given, "the command line")
+    if isinstance(cfg, TrainJob):
+        cfg.check_used(given)
     if hasattr(cfg, "check"):
         cfg.check()
     return cfg
 
 
 def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as plain data. A training config holds only the keys its model kind reads,
+    so a run's config.yaml (or --print-config) can be passed back as --config."""
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, TrainJob):
+        kind = KINDS[cfg.model.kind]
+        for section in ("model", "train"):
+            out[section] = {k: v for k, v in out[section].items() if kind.uses(f"{section}.{k}")}
+    return out
 
 
 def to_yaml(cfg: Any) -> str:

@@ -38,7 +38,6 @@ def font_templates(font_spec: str, image_size: int) -> tuple[list[str], torch.Te
 
 
 class AutoencoderTrainer(Trainer):
-    model_file = checkpoint.AUTOENCODER_FILE
 
     def build(self) -> None:
         cfg, m = self.cfg, self.cfg.model

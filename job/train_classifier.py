@@ -30,7 +30,6 @@ def classifier_kwargs(channels: int, num_classes: int, width: int, feature_dim: 
 
 
 class ClassifierTrainer(Trainer):
-    model_file = checkpoint.CLASSIFIER_FILE
 
     def build(self) -> None:
         m = self.cfg.model

@@ -22,7 +22,6 @@ GRID_COLUMNS = 10
 
 
 class GanTrainer(Trainer):
-    model_file = checkpoint.GENERATOR_FILE
 
     def build(self) -> None:
         m = self.cfg.model

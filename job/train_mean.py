@@ -26,7 +26,6 @@ GRID_COLUMNS = 10
 
 
 class MeanTrainer(Trainer):
-    model_file = checkpoint.GENERATOR_FILE
     uses_batches = False
 
     def build(self) -> None:

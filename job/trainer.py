@@ -23,6 +23,7 @@ from torch import nn
 from job import checkpoint, config, data, logs, runtime, storage
 from job.augment import random_affine
 from job.errors import BadInput
+from job.kinds import KINDS
 from job.logs import MetricsLog
 from job.preemption import Preempted, StopSignals
 from job.steps import adam
@@ -66,11 +67,11 @@ class Trainer:
       and `evaluate` (extra metrics at checkpoints, main process).
     """
 
-    model_file: str = ""  # the exported file in run.dir, e.g. generator.safetensors
     uses_batches: bool = True  # False for kinds that read the whole split at once (mean)
 
     def __init__(self, cfg: config.TrainJob):
         self.cfg = cfg
+        self.model_file = KINDS[cfg.model.kind].model_file  # the exported file in run.dir
         # Everything that can reject the input happens before anything is written.
         storage.check_writable(cfg.run.dir)
         resume_from = resolve_resume(cfg)

@@ -55,11 +55,14 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
 
-def train(run_dir: Path, *overrides: str, preset: str = "debug") -> int:
-    """Run `job train` in this process (fast: no interpreter start, torch already imported)."""
+def train(run_dir: Path, *overrides: str, preset: str | None = "debug") -> int:
+    """Run `job train` in this process (fast: no interpreter start, torch already imported).
+    preset=None starts from the defaults (the debug preset is a dcgan's: other kinds refuse
+    its dcgan keys)."""
     from job.cli import main
 
-    return main(["train", "--config", preset, f"run.dir={run_dir}", *overrides])
+    config = ["--config", preset] if preset else []
+    return main(["train", *config, f"run.dir={run_dir}", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import read_metrics, train
-from job import checkpoint, scoring
+from job import kinds, scoring
 
 # A few steps of the real preset at a small batch: what matters here is the machinery.
 SHORT = ["train.steps=6", "train.batch_size=32", "train.log_every=1", "train.checkpoint_every=3",
@@ -22,7 +22,7 @@ def test_a_classifier_run_logs_test_accuracy_and_exports_a_self_describing_file(
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "train_accuracy", "lr"} <= set(metrics[0])
     assert "test_accuracy" in metrics[2] and "test_accuracy" in metrics[5]
-    model, info, _ = scoring.load_classifier(str(run_dir / checkpoint.CLASSIFIER_FILE))
+    model, info, _ = scoring.load_classifier(str(run_dir / kinds.CLASSIFIER_FILE))
     assert info["kind"] == "classifier" and info["kwargs"]["feature_dim"] == 16
     assert info["extra"]["test_accuracy"] == metrics[5]["test_accuracy"]
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -38,10 +38,10 @@ def test_a_classifier_run_resumed_after_preemption_ends_with_the_same_weights(tm
     assert train(full, *SHORT, preset="classifier-mnist") == 0
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-00000006")
-    (resumed / checkpoint.CLASSIFIER_FILE).unlink()
+    (resumed / kinds.CLASSIFIER_FILE).unlink()
     assert train(resumed, *SHORT, preset="classifier-mnist") == 0
-    a, _, _ = scoring.load_classifier(str(full / checkpoint.CLASSIFIER_FILE))
-    b, _, _ = scoring.load_classifier(str(resumed / checkpoint.CLASSIFIER_FILE))
+    a, _, _ = scoring.load_classifier(str(full / kinds.CLASSIFIER_FILE))
+    b, _, _ = scoring.load_classifier(str(resumed / kinds.CLASSIFIER_FILE))
     for (name, p1), p2 in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(p1, p2, rtol=0, atol=1e-6, msg=name)
     assert [m["step"] for m in read_metrics(resumed)] == [1, 2, 3, 4, 5, 6]

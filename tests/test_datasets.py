@@ -78,7 +78,7 @@ def test_a_gan_and_the_mean_model_train_on_48_pixel_rgb_images(tmp_path):
     assert G.output_shape == (3, 48, 48) and G.num_classes == 3 and info["kwargs"]["image_size"] == 48
     assert G(torch.randn(3, G.latent_dim), torch.arange(3)).shape == (3, 3, 48, 48)
 
-    assert train(tmp_path / "mean", *common, "model.kind=mean") == 0
+    assert train(tmp_path / "mean", *common[:3], "model.kind=mean", preset=None) == 0
     mean_file = str(tmp_path / "mean" / "generator.safetensors")
     assert main(["sample", f"generator={mean_file}", "count=30", f"out={tmp_path / 'shards'}", "progress=false"]) == 0
     shard_set = str(tmp_path / "shards")

@@ -36,7 +36,7 @@ def test_two_processes_compute_the_same_mean_model_as_one(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "two" / "world.json").read_text())["world_size"] == 2
     assert read_metrics(tmp_path / "two")[0]["images"] == 60000  # each rank summed half; all-reduced
-    assert train(tmp_path / "one", "model.kind=mean") == 0
+    assert train(tmp_path / "one", "model.kind=mean", preset=None) == 0
     two, _, _ = load_generator(str(tmp_path / "two" / "generator.safetensors"))
     one, _, _ = load_generator(str(tmp_path / "one" / "generator.safetensors"))
     assert torch.allclose(two.means, one.means, atol=1e-6)

@@ -21,7 +21,7 @@ def mnist_train():
 @pytest.fixture(scope="module")
 def mean_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mean") / "run"
-    assert train(run_dir, "model.kind=mean") == 0
+    assert train(run_dir, "model.kind=mean", preset=None) == 0
     return run_dir
 
 
@@ -43,13 +43,13 @@ def test_a_mean_run_has_the_files_of_any_run_and_is_not_computed_twice(mean_run,
     assert read_metrics(mean_run)[0]["images"] == 60000
     for name in ("config.yaml", "world.json", "samples/latest.png", "checkpoints/step-00000001/meta.json"):
         assert (mean_run / name).exists(), name
-    assert train(mean_run, "model.kind=mean") == 0
+    assert train(mean_run, "model.kind=mean", preset=None) == 0
     assert "already computed (step 1)" in capsys.readouterr().out
     assert [m["step"] for m in read_metrics(mean_run)] == [1]
 
 
 def test_an_unconditional_mean_model_draws_the_mean_of_all_images(tmp_path, mnist_train):
-    assert train(tmp_path / "run", "model.kind=mean", "model.conditional=false") == 0
+    assert train(tmp_path / "run", "model.kind=mean", "model.conditional=false", preset=None) == 0
     G, info, _ = load_generator(str(tmp_path / "run" / "generator.safetensors"))
     assert info["kind"] == "mean" and G.num_classes == 0
     out = G(torch.zeros(2, G.latent_dim))
@@ -58,7 +58,7 @@ def test_an_unconditional_mean_model_draws_the_mean_of_all_images(tmp_path, mnis
 
 
 def test_pixel_noise_varies_samples_around_the_mean(tmp_path):
-    assert train(tmp_path / "run", "model.kind=mean", "model.pixel_noise=20") == 0
+    assert train(tmp_path / "run", "model.kind=mean", "model.pixel_noise=20", preset=None) == 0
     G, _, _ = load_generator(str(tmp_path / "run" / "generator.safetensors"))
     labels = torch.full((500,), 3)
     out = G(torch.randn(500, G.latent_dim, generator=torch.Generator().manual_seed(0)), labels)

@@ -138,7 +138,7 @@ def test_an_image_folder_pushed_to_s3_trains_from_its_verified_copy(bucket, tmp_
     manifest = json.loads(storage.read_bytes(f"{uri}/manifest.json"))
     assert manifest["name"] == "imagefolder" and "circle/000.png" in manifest["files"] and len(manifest["files"]) == 9
     monkeypatch.setenv("DIGITS_CACHE_DIR", str(tmp_path / "cache"))
-    assert train(tmp_path / "run", "model.kind=mean", "data.name=imagefolder", f"data.root={uri}") == 0
+    assert train(tmp_path / "run", "model.kind=mean", "data.name=imagefolder", f"data.root={uri}", preset=None) == 0
     G, _, _ = load_generator(str(tmp_path / "run" / "generator.safetensors"))
     assert G.output_shape == (3, 28, 28) and G.num_classes == 3
     # A pushed dataset is read only as the dataset it is.

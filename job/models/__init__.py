@@ -1,4 +1,5 @@
-"""Model definitions and the registry that rebuilds a model from its file.
+"""Building and loading models: a model file's (kind, arch) names its network class in the
+registry of job/kinds.py.
 
 Every size is a constructor argument (no module globals), so a model file's metadata
 (kind, arch, constructor kwargs) is enough to rebuild the network.
@@ -13,28 +14,13 @@ import torch
 from torch import nn
 
 from job.errors import BadInput
-from job.models.autoencoder import PrintedDigitAutoencoder
-from job.models.classifier import DigitClassifier
+from job.kinds import GENERATOR_KINDS, KINDS
 from job.models.dcgan import ARCHS
-from job.models.mean import MeanImages
 
-# kind -> arch -> constructor. A file names both, so old files keep loading when new
-# architectures arrive.
-BUILDERS: dict[str, dict[str, type[nn.Module]]] = {
-    "dcgan": {arch: pair[0] for arch, pair in ARCHS.items()},
-    "classifier": {"cnn": DigitClassifier},
-    "autoencoder": {"conv": PrintedDigitAutoencoder},
-    "mean": {"mean": MeanImages},
-}
-# Model files shipped inside the package (job/weights/README.md says how each was made):
-# `classifier=builtin:mnist`, `transform generator=builtin:mnist`.
+# Model files shipped inside the package (job/weights/README.md says how each was made) are
+# registered with their kind in job/kinds.py: `classifier=builtin:mnist`,
+# `transform generator=builtin:mnist`.
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_FILES = {
-    "classifier": {"mnist": "classifier-mnist.safetensors"},
-    "autoencoder": {"mnist": "autoencoder-mnist.safetensors"},
-}
-# Kinds that `sample` and `evaluate` draw digits from: forward(z, labels) -> images.
-GENERATOR_KINDS = ("dcgan", "mean")
 
 
 def build_gan(arch: str, latent_dim: int, g_width: int, d_width: int, channels: int, num_classes: int,
@@ -52,7 +38,7 @@ def resolve_builtin(spec: str, kind: str) -> str:
     """A model URI, with `builtin:<name>` resolved to the file of that kind in job/weights."""
     if not spec.startswith(BUILTIN_PREFIX):
         return spec
-    name, shipped = spec[len(BUILTIN_PREFIX):], BUILTIN_FILES.get(kind, {})
+    name, shipped = spec[len(BUILTIN_PREFIX):], KINDS[kind].builtins
     if name not in shipped:
         choices = ", ".join(BUILTIN_PREFIX + k for k in shipped) or "none"
         raise BadInput(f"{spec!r} is not a shipped {kind} (shipped: {choices}); pass a model file URI")
@@ -60,10 +46,11 @@ def resolve_builtin(spec: str, kind: str) -> str:
 
 
 def build_model(kind: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    if arch not in BUILDERS.get(kind, {}):
+    """The network of (kind, arch) as registered in job/kinds.py, built from its kwargs."""
+    if kind not in KINDS or arch not in KINDS[kind].archs:
         raise BadInput(f"model kind={kind!r} arch={arch!r} is not one this version can build")
     try:
-        return BUILDERS[kind][arch](**kwargs)
+        return KINDS[kind].network_class(arch)(**kwargs)
     except TypeError as e:
         raise BadInput(f"model arguments {kwargs} do not fit {kind} arch {arch}: {e}") from None
 
