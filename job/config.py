@@ -228,8 +228,9 @@ class SampleJob:
     count: int = _bounded(0, min=1)
     # Folder or s3:// prefix for the shards, their records and manifest.json.
     out: str = ""
-    # safetensors (images uint8 [N,C,H,W] + labels), webdataset (tar of png + cls), idx (MNIST gzip).
-    format: Literal["safetensors", "webdataset", "idx"] = "safetensors"
+    # safetensors (images uint8 [N,C,H,W] + labels), webdataset (tar of png + cls), idx (MNIST
+    # gzip): the formats registered in job/shards.py (FORMATS).
+    format: str = "safetensors"
     # Digits per shard (the last shard holds the rest). Shard i depends only on
     # (generator, seed, i, shard_size, format), never on how many processes ran.
     shard_size: int = _bounded(10000, min=1, max=10_000_000)
@@ -276,6 +277,9 @@ class SampleJob:
                 raise BadInput(f"{key} is required: sample ... generator=<run>/generator.safetensors count=N out=<URI>")
         if self.count == 0:
             raise BadInput("count is required and must be >= 1, e.g. count=60000")
+        from job.shards import format_named, strings_format  # the format table (imports torch)
+
+        format_named(self.format)
         if self.layout == "strings":
             from job import strings  # checks every layout value (one line each)
 
@@ -284,8 +288,7 @@ class SampleJob:
                 raise BadInput("pass text=<digits> or texts=<file>, not both")
             if self.text is not None:
                 self.text = strings.check_text(str(self.text), "text")
-            if self.format == "idx":
-                raise BadInput("format=idx holds single digits only: use format=safetensors or webdataset for strings")
+            strings_format(self.format)
             if self.labels != "balanced":
                 raise BadInput("labels= chooses single digits; for strings use strings.digits= (or text=/texts=)")
         elif self.text is not None or self.texts:

@@ -24,6 +24,9 @@ import io
 import json
 import struct
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,88 +36,123 @@ from safetensors.torch import save as st_save
 
 from job.errors import BadInput
 
-FORMATS = ("safetensors", "webdataset", "idx")
 NO_LABEL = -1
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class ShardFormat:
+    """One shard format: its file names and codecs. Strings are optional (idx has none)."""
+
+    name: str
+    files: Callable[[int, bool], list[str]]  # (index, labeled) -> file names, data file first
+    encode: Callable[[int, torch.Tensor, torch.Tensor, bool], dict[str, bytes]]  # (index, images, labels, labeled)
+    decode: Callable[[dict[str, bytes]], tuple[torch.Tensor, torch.Tensor]]  # files -> (images, labels)
+    encode_strings: Callable[[int, Any], dict[str, bytes]] | None = None  # (index, StringBatch) -> files
+    decode_strings: Callable[[dict[str, bytes]], list] | None = None
+
+    @property
+    def holds_strings(self) -> bool:
+        return self.encode_strings is not None
+
+
+def format_named(name: str) -> ShardFormat:
+    """The registered format `name`; anything else is bad input naming the formats there are."""
+    if name not in FORMATS:
+        raise BadInput(f"format={name!r} is not allowed: use one of {', '.join(FORMATS)} (the shard formats)")
+    return FORMATS[name]
 
 
 def shard_files(fmt: str, index: int, labeled: bool) -> list[str]:
     """File names of shard `index` in format `fmt`, data file first."""
-    stem = f"shard-{index:06d}"
-    if fmt == "safetensors":
-        return [f"{stem}.safetensors"]
-    if fmt == "webdataset":
-        return [f"{stem}.tar"]
-    return [f"{stem}-images-idx3-ubyte.gz"] + ([f"{stem}-labels-idx1-ubyte.gz"] if labeled else [])
+    return format_named(fmt).files(index, labeled)
 
 
 def encode(fmt: str, index: int, images: torch.Tensor, labels: torch.Tensor, labeled: bool) -> dict[str, bytes]:
     """{file name: bytes} for one shard. images uint8 [N, C, H, W] on CPU, labels int64 [N]."""
-    names = shard_files(fmt, index, labeled)
-    if fmt == "safetensors":
-        return {names[0]: st_save({"images": images.contiguous(), "labels": labels.contiguous()})}
-    if fmt == "webdataset":
-        return {names[0]: _encode_tar(index, images, labels)}
+    return format_named(fmt).encode(index, images, labels, labeled)
+
+
+def decode(fmt: str, files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N, C, H, W], labels int64 [N]) from a shard's {file name: bytes}."""
+    return format_named(fmt).decode(files)
+
+
+def strings_format(fmt: str) -> ShardFormat:
+    """The registered format `fmt` when it can hold strings (bad input otherwise)."""
+    shard_format = format_named(fmt)
+    if not shard_format.holds_strings:
+        strings_formats = " or ".join(name for name, f in FORMATS.items() if f.holds_strings)
+        raise BadInput(f"format={fmt} holds single digits only: use format={strings_formats} for strings")
+    return shard_format
+
+
+def encode_strings(fmt: str, index: int, batch) -> dict[str, bytes]:
+    """{file name: bytes} for one shard of strings (a job.strings.StringBatch)."""
+    return strings_format(fmt).encode_strings(index, batch)
+
+
+def decode_strings(fmt: str, files: dict[str, bytes]) -> list[tuple[torch.Tensor, str, list[list[int]]]]:
+    """[(image uint8 [C, H, own width], text, boxes)] of a shard of strings."""
+    return strings_format(fmt).decode_strings(files)
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def _safetensors_files(index: int, labeled: bool) -> list[str]:
+    return [f"shard-{index:06d}.safetensors"]
+
+
+def _safetensors_encode(index: int, images: torch.Tensor, labels: torch.Tensor, labeled: bool) -> dict[str, bytes]:
+    return {_safetensors_files(index, labeled)[0]: st_save({"images": images.contiguous(),
+                                                           "labels": labels.contiguous()})}
+
+
+def _safetensors_decode(files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    tensors = st_load(files[sorted(files)[0]])
+    return tensors["images"], tensors["labels"]
+
+
+def _safetensors_encode_strings(index: int, batch) -> dict[str, bytes]:
+    tensors = {"images": batch.images, "widths": batch.widths, "labels": batch.labels, "lengths": batch.lengths,
+               "boxes": batch.boxes}
+    return {_safetensors_files(index, True)[0]: st_save({k: v.contiguous() for k, v in tensors.items()})}
+
+
+def _safetensors_decode_strings(files: dict[str, bytes]) -> list[tuple[torch.Tensor, str, list[list[int]]]]:
+    t = st_load(files[sorted(files)[0]])
+    out = []
+    for i in range(t["images"].shape[0]):
+        n = int(t["lengths"][i])
+        text = "".join(str(int(d)) for d in t["labels"][i, :n])
+        out.append((t["images"][i, :, :, : int(t["widths"][i])], text, t["boxes"][i, :n].tolist()))
+    return out
+
+
+# ----------------------------------------------------------------------------- idx
+
+
+_IDX_DTYPE_CODE = {np.dtype(np.uint8): 0x08}
+
+
+def _idx_files(index: int, labeled: bool) -> list[str]:
+    stem = f"shard-{index:06d}"
+    return [f"{stem}-images-idx3-ubyte.gz"] + ([f"{stem}-labels-idx1-ubyte.gz"] if labeled else [])
+
+
+def _idx_encode(index: int, images: torch.Tensor, labels: torch.Tensor, labeled: bool) -> dict[str, bytes]:
+    names = _idx_files(index, labeled)
     out = {names[0]: _gzip(_idx_bytes(images.numpy() if images.shape[1] > 1 else images[:, 0].numpy()))}
     if labeled:
         out[names[1]] = _gzip(_idx_bytes(labels.to(torch.uint8).numpy()))
     return out
 
 
-def encode_strings(fmt: str, index: int, batch) -> dict[str, bytes]:
-    """{file name: bytes} for one shard of strings (a job.strings.StringBatch)."""
-    name = shard_files(fmt, index, True)[0]
-    if fmt == "safetensors":
-        tensors = {"images": batch.images, "widths": batch.widths, "labels": batch.labels, "lengths": batch.lengths,
-                   "boxes": batch.boxes}
-        return {name: st_save({k: v.contiguous() for k, v in tensors.items()})}
-    if fmt != "webdataset":
-        raise BadInput(f"format={fmt} holds single digits only: use safetensors or webdataset for strings")
-    buf = io.BytesIO()
-    array = batch.images.numpy()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for j, text in enumerate(batch.texts):
-            key = f"{index:06d}_{j:06d}"
-            _add(tar, f"{key}.png", _png(array[j, :, :, : int(batch.widths[j])]))
-            _add(tar, f"{key}.txt", text.encode())
-            boxes = batch.boxes[j, : len(text)].tolist()
-            _add(tar, f"{key}.json", json.dumps({"text": text, "boxes": boxes}, separators=(",", ":")).encode())
-    return {name: buf.getvalue()}
-
-
-def decode_strings(fmt: str, files: dict[str, bytes]) -> list[tuple[torch.Tensor, str, list[list[int]]]]:
-    """[(image uint8 [C, H, own width], text, boxes)] of a shard of strings."""
-    data = files[sorted(files)[0]]
-    if fmt == "safetensors":
-        t = st_load(data)
-        out = []
-        for i in range(t["images"].shape[0]):
-            n = int(t["lengths"][i])
-            text = "".join(str(int(d)) for d in t["labels"][i, :n])
-            out.append((t["images"][i, :, :, : int(t["widths"][i])], text, t["boxes"][i, :n].tolist()))
-        return out
-    items: dict[str, dict] = {}
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        for member in tar.getmembers():
-            if member.isfile():
-                key, _, ext = member.name.partition(".")
-                items.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    out = []
-    for key in sorted(items):
-        array = np.array(Image.open(io.BytesIO(items[key]["png"])))
-        image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
-        meta = json.loads(items[key]["json"])
-        out.append((image, meta["text"], meta["boxes"]))
-    return out
-
-
-def decode(fmt: str, files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 [N, C, H, W], labels int64 [N]) from a shard's {file name: bytes}."""
+def _idx_decode(files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
     names = sorted(files)
-    if fmt == "safetensors":
-        tensors = st_load(files[names[0]])
-        return tensors["images"], tensors["labels"]
-    if fmt == "webdataset":
-        return _decode_tar(files[names[0]])
     image_name = next(n for n in names if "-images-" in n)
     images = torch.from_numpy(_read_idx(gzip.decompress(files[image_name])).copy())
     if images.ndim == 3:
@@ -125,12 +163,6 @@ def decode(fmt: str, files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tenso
     else:
         labels = torch.from_numpy(_read_idx(gzip.decompress(files[label_name])).astype(np.int64))
     return images, labels
-
-
-# ----------------------------------------------------------------------------- idx
-
-
-_IDX_DTYPE_CODE = {np.dtype(np.uint8): 0x08}
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -178,6 +210,47 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _webdataset_files(index: int, labeled: bool) -> list[str]:
+    return [f"shard-{index:06d}.tar"]
+
+
+def _webdataset_encode(index: int, images: torch.Tensor, labels: torch.Tensor, labeled: bool) -> dict[str, bytes]:
+    return {_webdataset_files(index, labeled)[0]: _encode_tar(index, images, labels)}
+
+
+def _webdataset_decode(files: dict[str, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    return _decode_tar(files[sorted(files)[0]])
+
+
+def _webdataset_encode_strings(index: int, batch) -> dict[str, bytes]:
+    buf = io.BytesIO()
+    array = batch.images.numpy()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for j, text in enumerate(batch.texts):
+            key = f"{index:06d}_{j:06d}"
+            _add(tar, f"{key}.png", _png(array[j, :, :, : int(batch.widths[j])]))
+            _add(tar, f"{key}.txt", text.encode())
+            boxes = batch.boxes[j, : len(text)].tolist()
+            _add(tar, f"{key}.json", json.dumps({"text": text, "boxes": boxes}, separators=(",", ":")).encode())
+    return {_webdataset_files(index, True)[0]: buf.getvalue()}
+
+
+def _webdataset_decode_strings(files: dict[str, bytes]) -> list[tuple[torch.Tensor, str, list[list[int]]]]:
+    items: dict[str, dict] = {}
+    with tarfile.open(fileobj=io.BytesIO(files[sorted(files)[0]]), mode="r") as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                key, _, ext = member.name.partition(".")
+                items.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    out = []
+    for key in sorted(items):
+        array = np.array(Image.open(io.BytesIO(items[key]["png"])))
+        image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        meta = json.loads(items[key]["json"])
+        out.append((image, meta["text"], meta["boxes"]))
+    return out
+
+
 def _encode_tar(index: int, images: torch.Tensor, labels: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     array = images.numpy()
@@ -205,3 +278,19 @@ def _decode_tar(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     keys = sorted(images)
     return (torch.from_numpy(np.stack([images[k] for k in keys])),
             torch.tensor([labels[k] for k in keys], dtype=torch.int64))
+
+
+# ----------------------------------------------------------------------------- registered formats
+
+# Every format `sample format=` accepts and `evaluate` reads back. Adding one: its codecs
+# above, one entry here, and its layout in this module's docstring.
+FORMATS: dict[str, ShardFormat] = {
+    f.name: f
+    for f in (
+        ShardFormat("safetensors", _safetensors_files, _safetensors_encode, _safetensors_decode,
+                    _safetensors_encode_strings, _safetensors_decode_strings),
+        ShardFormat("webdataset", _webdataset_files, _webdataset_encode, _webdataset_decode,
+                    _webdataset_encode_strings, _webdataset_decode_strings),
+        ShardFormat("idx", _idx_files, _idx_encode, _idx_decode),
+    )
+}
