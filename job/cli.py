@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 
+from job import console
 from job.errors import JobError
 from job.kinds import KINDS, help_text
 from job.preemption import Preempted
@@ -75,6 +76,7 @@ def _run(argv: list[str]) -> int:
 
     from job import config
 
+    console.set_command(args.command)
     cfg = config.load(args.command, args.config, args.overrides)
     if args.print_config:
         print(config.to_yaml(cfg), end="")
@@ -100,8 +102,8 @@ def _run(argv: list[str]) -> int:
 
         manifest = data.push(args.dataset, cfg.data, args.dest)
         total = sum(f["bytes"] for f in manifest["files"].values())
-        print(f"digit-job data: pushed {args.dataset} ({len(manifest['files'])} files, {total / 1e6:.1f} MB) "
-              f"from {cfg.data.root} to {args.dest} with manifest.json")
+        console.say(f"pushed {args.dataset} ({len(manifest['files'])} files, {total / 1e6:.1f} MB) "
+                    f"from {cfg.data.root} to {args.dest} with manifest.json")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
-from job import checkpoint, config, data, evaluate_strings, quality, runtime, sample, scoring, storage
+from job import checkpoint, config, console, data, evaluate_strings, quality, runtime, sample, scoring, storage
 from job.errors import BadInput
 from job.logs import grid_png
 from job.reports import write_report
@@ -175,64 +176,56 @@ def default_out(cfg: config.EvaluateJob) -> str:
 # ----------------------------------------------------------------------------- the job
 
 
-def main(cfg: config.EvaluateJob) -> int:
-    started = time.perf_counter()
-    # Everything that can reject the input happens before anything is written.
-    classifier, classifier_info, _ = scoring.load_classifier(cfg.classifier)
-    manifest = read_manifest(cfg.samples) if cfg.samples else None
-    if manifest is not None and manifest.get("layout") == "strings":
-        out = default_out(cfg)
-        storage.check_writable(out)
-        return evaluate_strings.main(cfg, manifest, out, classifier, classifier_info)
-    G = None
+@dataclass
+class _Subject:
+    """What is scored: a generator (digits drawn later, on the device) or a shard set's digits."""
+
+    record: dict  # the report's "subject"
+    generator: torch.nn.Module | None = None
+    images: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+
+def _read_subject(cfg: config.EvaluateJob, classifier, manifest: dict | None, wanted: int) -> _Subject:
+    """Phase 1a: the generator file or shard set to score, checked against the classifier."""
     if cfg.generator:
         from job.models import load_generator
 
         G, info, raw = load_generator(cfg.generator)
-        subject = {"uri": cfg.generator, "kind": "generator", "sha256": checkpoint.sha256(raw), **info}
         if G.output_shape[0] != classifier.channels:
             raise BadInput(f"{cfg.generator} makes {G.output_shape[0]}-channel images but the classifier "
                            f"expects {classifier.channels}: pass a classifier= trained on this dataset")
-    baseline = None
-    if cfg.baseline not in ("class-means", "none"):
-        from job.models import load_generator
+        return _Subject({"uri": cfg.generator, "kind": "generator", "sha256": checkpoint.sha256(raw), **info}, G)
+    images, labels = shard_set_digits(cfg.samples, manifest, wanted)
+    if len(labels) < cfg.n:
+        raise BadInput(f"samples={cfg.samples} holds {len(labels)} digits, fewer than n={cfg.n}")
+    scoring.fits(classifier, images, f"samples={cfg.samples}")
+    record = {"uri": cfg.samples, "kind": "samples", "count": manifest.get("count"),
+              "generator": manifest.get("generator")}
+    return _Subject(record, images=images, labels=labels)
 
-        baseline, baseline_info, _ = load_generator(cfg.baseline)
-        if baseline.output_shape[0] != classifier.channels or not baseline.num_classes:
-            raise BadInput(f"baseline={cfg.baseline} must be a class-conditional generator of "
-                           f"{classifier.channels}-channel images")
-    out = default_out(cfg)
-    storage.check_writable(out)
+
+def _read_baseline(cfg: config.EvaluateJob, classifier) -> torch.nn.Module | None:
+    """Phase 1b: the baseline generator file, when baseline= names one."""
+    if cfg.baseline in ("class-means", "none"):
+        return None
+    from job.models import load_generator
+
+    baseline, _, _ = load_generator(cfg.baseline)
+    if baseline.output_shape[0] != classifier.channels or not baseline.num_classes:
+        raise BadInput(f"baseline={cfg.baseline} must be a class-conditional generator of "
+                       f"{classifier.channels}-channel images")
+    return baseline
+
+
+def _score_rows(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, baseline, train: data.Split,
+                test: data.Split, device: torch.device, precision_mode: str, say) -> dict:
+    """Phase 3: one row per scored set: the subject, the real floor, the baseline."""
     wanted = max(cfg.n, cfg.tstr.n)
-    if cfg.samples:
-        images, labels = shard_set_digits(cfg.samples, manifest, wanted)
-        subject = {"uri": cfg.samples, "kind": "samples", "count": manifest.get("count"),
-                   "generator": manifest.get("generator")}
-        if len(labels) < cfg.n:
-            raise BadInput(f"samples={cfg.samples} holds {len(labels)} digits, fewer than n={cfg.n}")
-        scoring.fits(classifier, images, f"samples={cfg.samples}")
-
-    acc, precision = runtime.make_accelerator(cfg.precision)
-    device = acc.device
-    if not acc.is_main_process:  # one process does the whole evaluation
-        acc.wait_for_everyone()
-        return 0
-    classifier = classifier.to(device)
-    say = lambda msg: print(f"digit-job evaluate: {msg}", flush=True)  # noqa: E731
-    say(f"{runtime.describe(acc, precision)}; writing to {out}")
-    train = data.load_split(cfg.data, train=True)
-    test = data.load_split(cfg.data, train=False)
-    if train.num_classes != classifier.num_classes:
-        raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} "
-                       f"has {train.num_classes}")
-    if G is not None:
-        say(f"generating {wanted} digits")
-        images, labels = generated_digits(G.to(device), wanted, cfg.seed, cfg.batch_size, device, precision.mode)
-
-    scorer = Scorer(cfg, classifier, classifier_info["kwargs"], train, test, device)
+    name = "generator" if subject.generator is not None else "samples"
     rows = {}
-    name = "generator" if G is not None else "samples"
     say(f"scoring {name}")
+    images, labels = subject.images, subject.labels
     rows[name] = scorer.row(images[: cfg.n], labels[: cfg.n], images[: cfg.tstr.n], labels[: cfg.tstr.n], name)
 
     say("scoring the real floor")
@@ -244,16 +237,54 @@ def main(cfg: config.EvaluateJob) -> int:
     if cfg.baseline != "none":
         name = "class-means" if cfg.baseline == "class-means" else "baseline"
         say(f"scoring the {name} row")
-        reference = class_means_model(train, classifier.image_size) if baseline is None else baseline
+        reference = class_means_model(train, scorer.classifier.image_size) if baseline is None else baseline
         ref_images, ref_labels = generated_digits(reference.to(device), wanted, cfg.seed, cfg.batch_size, device,
-                                                  precision.mode)
+                                                  precision_mode)
         rows[name] = scorer.row(ref_images[: cfg.n], ref_labels[: cfg.n], ref_images[: cfg.tstr.n],
                                 ref_labels[: cfg.tstr.n], f"the {name} row")
+    return rows
 
+
+def main(cfg: config.EvaluateJob) -> int:
+    started = time.perf_counter()
+    # Phase 1: everything that can reject the input happens before anything is written.
+    classifier, classifier_info, _ = scoring.load_classifier(cfg.classifier)
+    manifest = read_manifest(cfg.samples) if cfg.samples else None
+    out = default_out(cfg)
+    storage.check_writable(out)
+    if manifest is not None and manifest.get("layout") == "strings":
+        return evaluate_strings.main(cfg, manifest, out, classifier, classifier_info)
+    wanted = max(cfg.n, cfg.tstr.n)
+    subject = _read_subject(cfg, classifier, manifest, wanted)
+    baseline = _read_baseline(cfg, classifier)
+
+    acc, precision = runtime.make_accelerator(cfg.precision)
+    device = acc.device
+    if not acc.is_main_process:  # one process does the whole evaluation
+        acc.wait_for_everyone()
+        return 0
+    classifier = classifier.to(device)
+    say = lambda msg: console.say(f"{msg}")  # noqa: E731
+    say(f"{runtime.describe(acc, precision)}; writing to {out}")
+    # Phase 2: the real data, and the subject's digits when it is a generator.
+    train = data.load_split(cfg.data, train=True)
+    test = data.load_split(cfg.data, train=False)
+    if train.num_classes != classifier.num_classes:
+        raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} "
+                       f"has {train.num_classes}")
+    if subject.generator is not None:
+        say(f"generating {wanted} digits")
+        subject.images, subject.labels = generated_digits(subject.generator.to(device), wanted, cfg.seed,
+                                                          cfg.batch_size, device, precision.mode)
+
+    scorer = Scorer(cfg, classifier, classifier_info["kwargs"], train, test, device)
+    rows = _score_rows(cfg, scorer, subject, baseline, train, test, device, precision.mode, say)
+
+    # Phase 4: the report, its Markdown and a grid of the subject's digits.
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
-        "subject": subject,
+        "subject": subject.record,
         "n": cfg.n,
         "k": cfg.k,
         "tstr": {"n": cfg.tstr.n, "epochs": cfg.tstr.epochs, "batch_size": cfg.tstr.batch_size},
@@ -265,7 +296,7 @@ def main(cfg: config.EvaluateJob) -> int:
         "config": config.to_dict(cfg),
     }
     report["wall_s"] = round(time.perf_counter() - started, 1)
-    grid = sample_grid(images[: cfg.n], labels[: cfg.n], train.num_classes)
+    grid = sample_grid(subject.images[: cfg.n], subject.labels[: cfg.n], train.num_classes)
     write_report(out, report, report_markdown(report), grid)
     acc.wait_for_everyone()
     return 0

@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from job import config, digit_image, runtime, sample, scoring, shards, storage
+from job import config, console, digit_image, runtime, sample, scoring, shards, storage
 from job.errors import BadInput
 from job.reports import write_report
 from job.shard_sets import verified_shard_files
@@ -117,7 +117,7 @@ def main(cfg: config.EvaluateJob, manifest: dict, out: str, classifier, classifi
     if not acc.is_main_process:  # one process does the whole evaluation
         acc.wait_for_everyone()
         return 0
-    say = lambda msg: print(f"digit-job evaluate: {msg}", flush=True)  # noqa: E731
+    say = lambda msg: console.say(f"{msg}")  # noqa: E731
     say(f"{runtime.describe(acc, precision)}; reading {len(items)} strings back, writing to {out}")
     size = classifier.image_size
     cuts = np.concatenate([cut_digits(image, boxes, size) for image, _, boxes in items])

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from job import storage
+from job import console, storage
 
 
 class MetricsLog:
@@ -107,8 +107,7 @@ class PlainProgress:
         self._last = time.monotonic()
         rate = (self.n - self._start_n) / max(self._last - self._started, 1e-9)
         extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
-        print(f"digit-job {self.desc}: {self.n}/{self.total} {self.unit}s ({rate:.1f} {self.unit}s/s){extra}",
-              file=sys.stderr, flush=True)
+        console.progress(f"{self.n}/{self.total} {self.unit}s ({rate:.1f} {self.unit}s/s){extra}")
 
 
 def progress(enabled: bool, total: int, desc: str, unit: str, initial: int = 0, every_s: float = 30.0, **bar):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from job import storage
+from job import console, storage
 
 
 def write_report(out: str, report: dict, markdown: str, grid_png: bytes) -> None:
@@ -13,4 +13,4 @@ def write_report(out: str, report: dict, markdown: str, grid_png: bytes) -> None
     storage.write_bytes(storage.join(out, "report.md"), markdown.encode())
     storage.write_bytes(storage.join(out, "report.json"), json.dumps(report, indent=1).encode())
     print(markdown, flush=True)
-    print(f"digit-job evaluate: wrote {storage.join(out, 'report.json')}, report.md and grid.png", flush=True)
+    console.say(f"wrote {storage.join(out, 'report.json')}, report.md and grid.png")

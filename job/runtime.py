@@ -69,12 +69,6 @@ def describe(accelerator: Accelerator, precision: Precision) -> str:
     return f"device={device.type} [{name}] world_size={accelerator.num_processes} precision={precision.describe()}"
 
 
-def print0(accelerator: Accelerator, *args, **kwargs) -> None:
-    """Print once per job (global main process), flushed so logs interleave sensibly."""
-    if accelerator.is_main_process:
-        print(*args, **kwargs, flush=True)
-
-
 def stream_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (base seed, rank, step, ...), stable everywhere."""
     h = hashlib.blake2b(digest_size=8)

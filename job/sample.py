@@ -33,7 +33,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 
-from job import checkpoint, config, data, logs, runtime, scoring, shards, storage
+from job import checkpoint, config, console, data, logs, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
 from job.precision import Precision, display_name, resolve
@@ -427,8 +427,22 @@ class _Writers:
             raise self.error
 
 
-def main(cfg: config.SampleJob) -> int:
-    # Everything that can reject the input happens before anything is written.
+@dataclass
+class _Inputs:
+    """What `sample` reads and checks before it writes anything."""
+
+    generator: torch.nn.Module
+    info: dict
+    sha256: str
+    texts: list[str] | None  # layout=strings with texts=<file>
+    texts_sha256: str
+    classifier: torch.nn.Module | None  # the judge of min_confidence
+    classifier_sha256: str
+
+
+def _read_inputs(cfg: config.SampleJob) -> _Inputs:
+    """Phase 1: load the generator (and classifier, texts) and check every setting against
+    them and the destination. Everything that can reject the input happens here."""
     G, info, raw = load_generator(cfg.generator)
     storage.check_writable(cfg.out)
     if cfg.label_choices() is not None and (not G.num_classes or max(cfg.label_choices()) >= G.num_classes):
@@ -438,61 +452,45 @@ def main(cfg: config.SampleJob) -> int:
     classifier, classifier_sha256 = None, ""
     if cfg.min_confidence > 0:
         classifier, classifier_sha256 = _confidence_classifier(cfg, G)
-    acc, _ = runtime.make_accelerator("no")
-    device = acc.device
+    return _Inputs(G, info, checkpoint.sha256(raw), texts, texts_sha256, classifier, classifier_sha256)
+
+
+def _make_plan(cfg: config.SampleJob, inputs: _Inputs, device: torch.device) -> tuple[Plan, Precision, bool]:
+    """Phase 2: the plan of the whole shard set (its precision follows a plan already in
+    `out`), checked against a recorded one. Returns (plan, precision, whether it is recorded)."""
     recorded = _recorded_plan(cfg.out)
     precision = _precision_for(cfg, device, recorded)
+    G = inputs.generator
     plan = Plan(
-        generator_sha256=checkpoint.sha256(raw), generator_info=info, count=cfg.count, shard_size=cfg.shard_size,
+        generator_sha256=inputs.sha256, generator_info=inputs.info, count=cfg.count, shard_size=cfg.shard_size,
         format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=precision.mode,
         num_classes=G.num_classes, image_shape=list(G.output_shape),
-        min_confidence=cfg.min_confidence, classifier_sha256=classifier_sha256,
+        min_confidence=cfg.min_confidence, classifier_sha256=inputs.classifier_sha256,
         layout=cfg.layout, strings=asdict(cfg.strings) if cfg.layout == "strings" else None,
-        text=cfg.text, texts_sha256=texts_sha256,
+        text=cfg.text, texts_sha256=inputs.texts_sha256,
     )
-    plan_recorded = _check_plan(cfg.out, plan, recorded)
-    pod, pods = _pods(cfg)
+    return plan, precision, _check_plan(cfg.out, plan, recorded)
 
-    G = G.to(device)
-    keep = None
-    if classifier is not None:
-        keep = ConfidenceFilter(classifier.to(device), cfg.min_confidence, cfg.batch_size, device)
-        rates = keep.preflight(G, plan)
-        runtime.print0(acc, f"digit-job sample: min_confidence={cfg.min_confidence} keeps about "
-                            f"{100 * sum(rates) / len(rates):.1f}% of drawn digits "
-                            f"(worst class {100 * min(rates):.1f}%)")
-    # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
-    worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
-    runtime.print0(acc, f"digit-job sample: {runtime.describe(acc, precision)}")
+
+def _generate(cfg: config.SampleJob, plan: Plan, inputs: _Inputs, G: torch.nn.Module, keep: ConfidenceFilter | None,
+              todo: list[int], worker: int, acc) -> None:
+    """Phase 3: generate this worker's remaining shards; writer threads encode and store them
+    (records last). SIGTERM/SIGINT: stop generating, let the writers finish the shards
+    already made, then raise Preempted (exit 143/130). A rerun skips every finished shard."""
     unit = "strings" if plan.layout == "strings" else "digits"
-    runtime.print0(acc, f"digit-job sample: {plan.count} {unit} in {plan.num_shards} {plan.format} shards "
-                        f"to {cfg.out} ({workers} workers)")
-    # Every pod that finds no plan writes it (same bytes from the same settings), so a pod on
-    # other hardware that starts later follows its precision instead of auto's own pick.
-    if acc.is_main_process and not plan_recorded:
-        storage.write_bytes(storage.join(cfg.out, RECORDS, PLAN), json.dumps(asdict(plan), indent=1).encode())
-
-    mine = [i for i in range(plan.num_shards) if i % workers == worker]
-    todo = [i for i in mine if not shard_done(cfg.out, i)]
-    if len(todo) < len(mine):
-        print(f"digit-job sample: worker {worker}: {len(mine) - len(todo)} of {len(mine)} shards already done",
-              flush=True)
-
     bar = logs.progress(acc.is_main_process and cfg.progress, sum(plan.shard_count(i) for i in todo), "sample",
                         unit.rstrip("s"), unit_scale=True)
     writers = _Writers(cfg.writers, cfg.queue, lambda i, content, drawn: (
         write_shard(cfg.out, plan, i, content, drawn), bar.update(plan.shard_count(i))))
     started = time.perf_counter()
     generated = 0
-    # SIGTERM/SIGINT: stop generating, let the writers finish the shards already made
-    # (each gets its record), then exit 143/130. A rerun skips every finished shard.
     with StopSignals() as signals:
         try:
             for index in todo:
                 if plan.layout == "strings":
-                    made = shard_strings(G, plan, index, cfg.batch_size, device, keep, texts)
+                    made = shard_strings(G, plan, index, cfg.batch_size, acc.device, keep, inputs.texts)
                 else:
-                    made = shard_digits(G, plan, index, cfg.batch_size, device, keep)
+                    made = shard_digits(G, plan, index, cfg.batch_size, acc.device, keep)
                 writers.put((index, *made))
                 generated += 1
                 if signals.signum:
@@ -506,16 +504,49 @@ def main(cfg: config.SampleJob) -> int:
                         f"are not started; run the same command to finish {cfg.out}", signals.signum)
     elapsed = time.perf_counter() - started
     made = sum(plan.shard_count(i) for i in todo)
-    print(f"digit-job sample: worker {worker}: wrote {len(todo)} shards ({made} {unit}) in {elapsed:.1f}s"
-          + (f", {made / elapsed:.0f} {unit}/s" if made else ""), flush=True)
+    console.say(f"worker {worker}: wrote {len(todo)} shards ({made} {unit}) in {elapsed:.1f}s"
+                + (f", {made / elapsed:.0f} {unit}/s" if made else ""))
 
+
+def main(cfg: config.SampleJob) -> int:
+    inputs = _read_inputs(cfg)
+    # The Accelerator places this process; the sampling precision is the plan's, not its own.
+    acc, _ = runtime.make_accelerator("no")
+    plan, precision, plan_recorded = _make_plan(cfg, inputs, acc.device)
+    pod, pods = _pods(cfg)
+
+    G = inputs.generator.to(acc.device)
+    keep = None
+    if inputs.classifier is not None:
+        keep = ConfidenceFilter(inputs.classifier.to(acc.device), cfg.min_confidence, cfg.batch_size, acc.device)
+        rates = keep.preflight(G, plan)
+        console.say0(acc, f"min_confidence={cfg.min_confidence} keeps about "
+                            f"{100 * sum(rates) / len(rates):.1f}% of drawn digits "
+                            f"(worst class {100 * min(rates):.1f}%)")
+    # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
+    worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
+    console.say0(acc, f"{runtime.describe(acc, precision)}")
+    unit = "strings" if plan.layout == "strings" else "digits"
+    console.say0(acc, f"{plan.count} {unit} in {plan.num_shards} {plan.format} shards "
+                        f"to {cfg.out} ({workers} workers)")
+    # Every pod that finds no plan writes it (same bytes from the same settings), so a pod on
+    # other hardware that starts later follows its precision instead of auto's own pick.
+    if acc.is_main_process and not plan_recorded:
+        storage.write_bytes(storage.join(cfg.out, RECORDS, PLAN), json.dumps(asdict(plan), indent=1).encode())
+
+    mine = [i for i in range(plan.num_shards) if i % workers == worker]
+    todo = [i for i in mine if not shard_done(cfg.out, i)]
+    if len(todo) < len(mine):
+        console.say(f"worker {worker}: {len(mine) - len(todo)} of {len(mine)} shards already done")
+    _generate(cfg, plan, inputs, G, keep, todo, worker, acc)
+
+    # Phase 4: whichever worker finds every shard recorded writes the manifest.
     acc.wait_for_everyone()
     if acc.is_main_process:
         manifest = write_manifest_if_complete(cfg.out, plan, cfg)
         if manifest is None:
-            print(f"digit-job sample: other workers still have shards to write; the last one writes "
-                  f"{storage.join(cfg.out, MANIFEST)}", flush=True)
+            console.say(f"other workers still have shards to write; the last one writes "
+                        f"{storage.join(cfg.out, MANIFEST)}")
         else:
-            print(f"digit-job sample: complete: {manifest['count']} {unit}, manifest {storage.join(cfg.out, MANIFEST)}",
-                  flush=True)
+            console.say(f"complete: {manifest['count']} {unit}, manifest {storage.join(cfg.out, MANIFEST)}")
     return 0

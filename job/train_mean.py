@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from job import checkpoint, config, data, runtime, storage
+from job import checkpoint, config, console, data, storage
 from job.logs import MetricsLog, grid_png
 from job.models import build_model
 from job.models.mean import class_sums, means_from_sums
@@ -63,7 +63,7 @@ class MeanTrainer(Trainer):
         metrics = MetricsLog(cfg.run.dir, self.start_step) if acc.is_main_process else None
         self.images_seen = 0
         if self.start_step >= 1:
-            runtime.print0(acc, f"digit-job train: the mean model is already computed (step {self.start_step})")
+            console.say0(acc, f"the mean model is already computed (step {self.start_step})")
             return self._finish(self.start_step, metrics)
         started = time.perf_counter()
         share = slice(acc.process_index, None, acc.num_processes)

@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from job import checkpoint, config, data, logs, runtime, storage
+from job import checkpoint, config, console, data, logs, runtime, storage
 from job.augment import random_affine
 from job.errors import BadInput
 from job.kinds import KINDS
@@ -79,8 +79,8 @@ class Trainer:
         self.acc, self.precision = runtime.make_accelerator(cfg.train.mixed_precision)
         acc = self.acc
         self.device = acc.device
-        runtime.print0(acc, f"digit-job train: {cfg.model.kind} on {runtime.describe(acc, self.precision)}")
-        runtime.print0(acc, f"digit-job train: writing to {cfg.run.dir}")
+        console.say0(acc, f"{cfg.model.kind} on {runtime.describe(acc, self.precision)}")
+        console.say0(acc, f"writing to {cfg.run.dir}")
 
         split = data.load_split(cfg.data, train=True, device=self.device)
         self.images, self.labels, self.dataset_classes = split.images, split.labels, split.num_classes
@@ -106,7 +106,7 @@ class Trainer:
                     "use the config it was trained with or a new run.dir"
                 ) from None
             self.start_step = loaded.step
-            runtime.print0(acc, f"digit-job train: resuming from {resume_from} (step {loaded.step})")
+            console.say0(acc, f"resuming from {resume_from} (step {loaded.step})")
 
         self.prepare()
         if loaded is not None:
@@ -236,7 +236,7 @@ class Trainer:
             storage.write_bytes(storage.join(cfg.run.dir, "config.yaml"), config.to_yaml(cfg).encode())
         metrics = MetricsLog(cfg.run.dir, self.start_step) if acc.is_main_process else None
         if self.start_step >= t.steps:
-            runtime.print0(acc, f"digit-job train: already at step {self.start_step} of {t.steps}; nothing to do")
+            console.say0(acc, f"already at step {self.start_step} of {t.steps}; nothing to do")
             return self._finish(self.start_step, metrics)
 
         bar = logs.progress(acc.is_main_process and t.progress, t.steps, "train", "step", initial=self.start_step)
@@ -305,12 +305,12 @@ class Trainer:
             storage.write_bytes(storage.join(run, "world.json"), json.dumps(summary, indent=1).encode())
             if metrics is not None:
                 metrics.close()
-            print(f"digit-job train: done at step {step}", flush=True)
-            print(f"  model file:  {storage.join(run, self.model_file)}", flush=True)
-            print(f"  checkpoint:  {checkpoint.latest(run)}", flush=True)
+            lines = [f"done at step {step}", f"  model file:  {storage.join(run, self.model_file)}",
+                     f"  checkpoint:  {checkpoint.latest(run)}"]
             if type(self).write_grid is not Trainer.write_grid:
-                print(f"  sample grid: {storage.join(run, 'samples', 'latest.png')}", flush=True)
-            print(f"  metrics:     {storage.join(run, 'metrics.jsonl')}", flush=True)
+                lines.append(f"  sample grid: {storage.join(run, 'samples', 'latest.png')}")
+            lines.append(f"  metrics:     {storage.join(run, 'metrics.jsonl')}")
+            console.say("\n".join(lines))
         if not summary["ranks_identical"]:
             raise RuntimeError(f"ranks diverged: parameter digests differ across processes {summary}")
         acc.wait_for_everyone()

@@ -21,13 +21,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from job import checkpoint, config, data, digit_image, runtime, storage
+from job import checkpoint, config, console, data, digit_image, runtime, storage
 from job.errors import BadInput
 from job.logs import grid_png
 from job.models import load_model, resolve_builtin
@@ -102,69 +102,94 @@ def png(pixels: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def main(cfg: config.TransformJob) -> int:
-    started = time.perf_counter()
-    # Everything that can reject the input happens before anything is written.
-    model, info, raw = load_model(resolve_builtin(cfg.generator, "autoencoder"), "autoencoder")
-    size, channels = model.image_size, model.channels
-    inputs = list_inputs(cfg.inputs)
-    storage.check_writable(cfg.out)
+@dataclass
+class _Prepared:
+    """The inputs that could be read, prepared like MNIST, and those that could not."""
 
-    prepared, previews, good, skipped = [], [], [], []
+    digits: list[torch.Tensor] = field(default_factory=list)  # uint8 [S, S] each
+    previews: list[torch.Tensor] = field(default_factory=list)  # thumbnails of the first inputs
+    names: list[str] = field(default_factory=list)  # the inputs behind `digits`
+    skipped: list[dict] = field(default_factory=list)  # {"input", "reason"}
+
+
+def _prepare(cfg: config.TransformJob, inputs: list[tuple[str, str]], size: int) -> _Prepared:
+    """Phase 2: read and prepare every input; unreadable ones are listed, not fatal, unless
+    none can be read."""
+    out = _Prepared()
     for name, uri in inputs:
         try:
             image = read_image(uri)
             digit = digit_image.prepare(image, size)
         except (ValueError, digit_image.NoDigit) as e:
-            print(f"digit-job transform: skipped {name}: {e}", file=sys.stderr, flush=True)
-            skipped.append({"input": name, "reason": str(e)})
+            console.warn(f"skipped {name}: {e}")
+            out.skipped.append({"input": name, "reason": str(e)})
             continue
-        prepared.append(torch.from_numpy(digit))
-        if len(previews) < cfg.preview:
-            previews.append(thumbnail(image, size))
-        good.append(name)
-    if not good:
+        out.digits.append(torch.from_numpy(digit))
+        if len(out.previews) < cfg.preview:
+            out.previews.append(thumbnail(image, size))
+        out.names.append(name)
+    if not out.names:
         raise BadInput(f"none of the {len(inputs)} input(s) in {cfg.inputs} could be read "
-                       f"(first: {skipped[0]['input']}: {skipped[0]['reason']})")
+                       f"(first: {out.skipped[0]['input']}: {out.skipped[0]['reason']})")
+    return out
 
-    acc, precision = runtime.make_accelerator("no")
-    if not acc.is_main_process:  # one process does the whole (small) job
-        acc.wait_for_everyone()
-        return 0
-    device = acc.device
-    model = model.to(device)
-    handwritten = torch.stack(prepared)[:, None].expand(-1, channels, -1, -1)  # uint8 [N, C, S, S]
+
+def _print_digits(model, handwritten: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Phase 3: the autoencoder over uint8 [N, C, S, S] in batches: [N, fonts, S, S] in [-1, 1]."""
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(handwritten), cfg.batch_size):
-            x = data.to_model_input(handwritten[start : start + cfg.batch_size].to(device), size, False)
+        for start in range(0, len(handwritten), batch_size):
+            x = data.to_model_input(handwritten[start : start + batch_size].to(device), model.image_size, False)
             outputs.append(model(x).float().cpu())
-    printed = torch.cat(outputs)  # [N, fonts, S, S] in [-1, 1]
-    digits, distances = nearest_template(printed, model.templates.cpu())
-    pixels = data.to_pixels(printed)
+    return torch.cat(outputs)
 
-    names = output_names(good)
-    for name, image in zip(names, pixels):
-        storage.write_bytes(storage.join(cfg.out, name), png(image))
+
+def _side_by_side(previews: list[torch.Tensor], handwritten: torch.Tensor, printed: torch.Tensor, size: int) -> bytes:
+    """side-by-side.png: per row the original, the prepared input and each font's output."""
     rows = len(previews)
     columns = [data.to_model_input(torch.stack(previews), size, False),
                data.to_model_input(handwritten[:rows, :1], size, False)]
     columns += [printed[:rows, f : f + 1] for f in range(printed.shape[1])]
     preview = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: input, then column
     preview = torch.nn.functional.interpolate(preview, scale_factor=PREVIEW_SCALE, mode="nearest")
-    storage.write_bytes(storage.join(cfg.out, "side-by-side.png"), grid_png(preview, nrow=len(columns)))
+    return grid_png(preview, nrow=len(columns))
+
+
+def main(cfg: config.TransformJob) -> int:
+    started = time.perf_counter()
+    # Phase 1: everything that can reject the input happens before anything is written.
+    model, info, raw = load_model(resolve_builtin(cfg.generator, "autoencoder"), "autoencoder")
+    size, channels = model.image_size, model.channels
+    inputs = list_inputs(cfg.inputs)
+    storage.check_writable(cfg.out)
+    prepared = _prepare(cfg, inputs, size)
+
+    acc, _ = runtime.make_accelerator("no")
+    if not acc.is_main_process:  # one process does the whole (small) job
+        acc.wait_for_everyone()
+        return 0
+    handwritten = torch.stack(prepared.digits)[:, None].expand(-1, channels, -1, -1)  # uint8 [N, C, S, S]
+    printed = _print_digits(model.to(acc.device), handwritten, cfg.batch_size, acc.device)
+    digits, distances = nearest_template(printed, model.templates.cpu())
+
+    # Phase 4: one PNG per input, the side-by-side preview, then report.json.
+    names = output_names(prepared.names)
+    for name, image in zip(names, data.to_pixels(printed)):
+        storage.write_bytes(storage.join(cfg.out, name), png(image))
+    storage.write_bytes(storage.join(cfg.out, "side-by-side.png"),
+                        _side_by_side(prepared.previews, handwritten, printed, size))
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
         "generator": {"uri": cfg.generator, "sha256": checkpoint.sha256(raw), "fonts": info["extra"].get("fonts")},
         "inputs": cfg.inputs,
         "outputs": [{"input": n, "output": o, "digit": int(d), "distance": round(float(e), 5)}
-                    for n, o, d, e in zip(good, names, digits, distances)],
-        "skipped": skipped,
+                    for n, o, d, e in zip(prepared.names, names, digits, distances)],
+        "skipped": prepared.skipped,
         "wall_s": round(time.perf_counter() - started, 2),
     }
     storage.write_bytes(storage.join(cfg.out, "report.json"), json.dumps(report, indent=1).encode())
-    print(f"digit-job transform: {len(good)} printed, {len(skipped)} skipped -> {cfg.out} "
-          f"(side-by-side.png: original | prepared | printed; report.json)", flush=True)
+    console.say(f"{len(prepared.names)} printed, {len(prepared.skipped)} skipped -> {cfg.out} "
+                f"(side-by-side.png: original | prepared | printed; report.json)")
     acc.wait_for_everyone()
     return 0
