@@ -24,7 +24,7 @@ import os
 import sys
 
 from job import console
-from job.errors import JobError
+from job.errors import BadInput, JobError
 from job.kinds import KINDS, help_text
 from job.preemption import Preempted
 
@@ -37,8 +37,15 @@ COMMANDS = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's complaints as the job's: one line, exit 2 (not a usage block)."""
+
+    def error(self, message: str):
+        raise BadInput(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="python -m job",
         description="Train handwritten-digit generators and bulk-sample labeled digits.",
         epilog="Launch with `accelerate launch -m job ...` for several processes or GPUs.",
@@ -62,9 +69,16 @@ def _parser() -> argparse.ArgumentParser:
 def _run(argv: list[str]) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # argparse already printed its usage line
+        # key=value after an option (`data push mnist dest --print-config data.root=x`) is
+        # left over by argparse once the positionals are filled: it is an override too.
+        args, extra = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help
         return 0 if e.code == 0 else 2
+    unknown = [a for a in extra if a.startswith("-") or "=" not in a]
+    if unknown or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides += extra
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -121,16 +121,17 @@ def _prepare(cfg: config.TransformJob, inputs: list[tuple[str, str]], size: int)
             image = read_image(uri)
             digit = digit_image.prepare(image, size)
         except (ValueError, digit_image.NoDigit) as e:
-            console.warn(f"skipped {name}: {e}")
             out.skipped.append({"input": name, "reason": str(e)})
             continue
         out.digits.append(torch.from_numpy(digit))
         if len(out.previews) < cfg.preview:
             out.previews.append(thumbnail(image, size))
         out.names.append(name)
-    if not out.names:
+    if not out.names:  # one error line, not a warning per input before it
         raise BadInput(f"none of the {len(inputs)} input(s) in {cfg.inputs} could be read "
                        f"(first: {out.skipped[0]['input']}: {out.skipped[0]['reason']})")
+    for skipped in out.skipped:
+        console.warn(f"skipped {skipped['input']}: {skipped['reason']}")
     return out
 
 
