@@ -75,7 +75,7 @@ def push(name: str, data_cfg: config.DataConfig, dest: str) -> dict:
         raise BadInput(f"data push reads a local folder: data.root={data_cfg.root} is already on S3")
     # Reading the dataset first proves it is complete (and downloads it when online).
     load_split(dataclasses.replace(data_cfg, name=name), train=True)
-    files = dataset_files(dataset, data_cfg.root)
+    files = dataset_files(dataset, datasets.dataset_folder(data_cfg.root, dataset))
     if not files:
         raise BadInput(f"data.root={data_cfg.root} holds no {name} files to push")
     entries = {}
@@ -132,7 +132,10 @@ def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | 
     cache = cache_dir()  # created and checked once
     # Several ranks on one node must not download or extract the same files at once.
     with FileLock(os.path.join(cache, "dataset.lock")):
-        root = fetch(data_cfg.root, dataset.name) if storage.is_remote(data_cfg.root) else data_cfg.root
+        if storage.is_remote(data_cfg.root):
+            root = fetch(data_cfg.root, dataset.name)
+        else:  # the dataset's own folder, or its sub-folder when data.root holds several datasets
+            root = datasets.dataset_folder(data_cfg.root, dataset)
         if dataset.name == "imagefolder":
             return _load_image_folder(root, data_cfg, train, device)
         tv_root = datasets.torchvision_root(root, dataset, cache)

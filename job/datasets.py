@@ -53,6 +53,16 @@ def native_size(name: str) -> int:
     return CATALOG[name].image_size or IMAGEFOLDER_DEFAULT_SIZE
 
 
+def dataset_folder(root: str, dataset: Dataset) -> str:
+    """The folder holding `dataset` under a local data.root: `<root>/<name>` when the root is
+    a parent of several datasets (mnist/, fashion-mnist/, ...; as torchvision accepts
+    `<root>/MNIST/raw`), else the root itself. An image folder's root is always itself."""
+    nested = os.path.join(root, dataset.name)
+    if dataset.name != "imagefolder" and os.path.isdir(nested):
+        return nested
+    return root
+
+
 # ----------------------------------------------------------------------------- idx files
 
 

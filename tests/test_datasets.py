@@ -3,6 +3,7 @@ torchvision catalogue (Fashion-MNIST from Debian's package)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -12,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from conftest import run_job, train
-from job import data
+from job import config, data
 from job.cli import main
 from job.config import DataConfig
 from job.models import load_generator
@@ -143,3 +144,16 @@ def test_every_catalogue_dataset_becomes_uint8_nchw_with_int64_labels(monkeypatc
     assert got.dtype == torch.int64 and got.tolist() == labels
     if name == "emnist-digits":
         assert images[0, 0, 5, 0] == 255 and images[0, 0, 0, 5] == 0
+
+
+def test_data_root_may_be_a_parent_folder_holding_one_folder_per_dataset(tmp_path):
+    """DIGITS_DATA_DIR=/datasets with /datasets/mnist/, /datasets/fashion-mnist/, ... (as
+    torchvision accepts <root>/MNIST/raw): each dataset is found in its own sub-folder."""
+    parent = tmp_path / "datasets"
+    parent.mkdir()
+    (parent / "mnist").symlink_to(os.environ["DIGITS_DATA_DIR"], target_is_directory=True)
+    cfg = config.load("train", None, [f"data.root={parent}"]).data
+    split = data.load_split(cfg, train=False)
+    assert split.images.shape == (10000, 1, 28, 28)
+    assert main(["data", "push", "mnist", str(tmp_path / "staged"), f"data.root={parent}"]) == 0
+    assert len(json.loads((tmp_path / "staged" / "manifest.json").read_text())["files"]) == 4
