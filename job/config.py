@@ -147,14 +147,15 @@ class TrainJob:
         check_data(self.data)
         from job.datasets import native_size  # torch-heavy; only once a config is checked
 
-        m, size = self.model, self.data.image_size
-        if m.kind == "dcgan" and m.arch == "dcgan64":
-            if size not in (None, 64):
-                raise BadInput(f"data.image_size={size} does not fit model.arch=dcgan64 (64x64 only): "
-                               "set data.image_size=64 or null, or use model.arch=dcgan28")
-            size = 64
+        m, size, kind = self.model, self.data.image_size, KINDS[self.model.kind]
+        fixed = kind.fixed_sizes.get(m.arch) if kind.uses("model.arch") else None
+        if fixed is not None:
+            if size not in (None, fixed):
+                raise BadInput(f"data.image_size={size} does not fit model.arch={m.arch} ({fixed}x{fixed} only): "
+                               f"set data.image_size={fixed} or null, or use another model.arch")
+            size = fixed
         size = size or native_size(self.data.name)
-        multiple = KINDS[m.kind].size_multiple
+        multiple = kind.size_multiple
         if size % multiple:
             raise BadInput(f"data.image_size={size} does not fit model.kind={m.kind}: it must be a multiple of "
                            f"{multiple} (e.g. 28, 32, 48, 64)")

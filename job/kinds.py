@@ -42,6 +42,7 @@ class Kind:
     draws_digits: bool = False  # forward(z, labels) -> images: `sample` and `evaluate` take it
     builtins: dict[str, str] = field(default_factory=dict)  # builtin:<name> -> file in job/weights
     size_multiple: int = 1  # data.image_size must be a multiple of this
+    fixed_sizes: dict[str, int] = field(default_factory=dict)  # arch -> the only image size it takes
 
     def uses(self, key: str) -> bool:
         """Whether a dotted config key matters to this kind (keys outside model./train. always do)."""
@@ -75,6 +76,7 @@ KINDS: dict[str, Kind] = {
             model_file=GENERATOR_FILE,
             draws_digits=True,
             size_multiple=4,
+            fixed_sizes={"dcgan64": 64},
         ),
         Kind(
             name="autoencoder",
