@@ -90,9 +90,10 @@ def test_transform_with_no_readable_input_exits_2_and_writes_nothing(autoencoder
     out = tmp_path / "out"
     proc = run_job("transform", f"generator={autoencoder_file}", f"inputs={inputs}", f"out={out}")
     assert proc.returncode == 2
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "none of the 2 input(s)" in errors[0]
-    assert "skipped blank.png: no ink found" in proc.stderr
+    # One line (no per-input warnings before it), naming the count and the first reason.
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: none of the 2 input(s)"), proc.stderr
+    assert "(first: a.png: not an image Pillow can read)" in lines[0]
     assert not out.exists()
 
 
