@@ -6,6 +6,7 @@ it exists (machines here are offline), else torchvision downloads it as usual.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -65,6 +66,37 @@ def train(run_dir: Path, *overrides: str, preset: str | None = "debug") -> int:
     return main(["train", *config, f"run.dir={run_dir}", *overrides])
 
 
+@contextlib.contextmanager
+def swapped_environ(values: dict[str, str | None]):
+    """os.environ with `values` set (None: removed) and a fresh S3 client, both restored after."""
+    from job import storage
+
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset_client()
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset_client()
+
+
+@pytest.fixture(scope="module")
+def generator_file(tmp_path_factory) -> str:
+    """A tiny conditional generator (the debug preset, 2 steps) for a module's sampling tests."""
+    run_dir = tmp_path_factory.mktemp("gen") / "run"
+    assert train(run_dir, "train.steps=2") == 0
+    return str(run_dir / "generator.safetensors")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real SeaweedFS S3 server on 127.0.0.1 for the whole session, stopped by its pid.
@@ -73,21 +105,12 @@ def s3_server(tmp_path_factory):
     in-process jobs and the processes tests start both use it.
     """
     import s3_local
-    from job import storage
 
     folder = tmp_path_factory.mktemp("seaweedfs")
     server = s3_local.start(folder)
-    saved = {k: os.environ.get(k) for k in server.env()}
-    os.environ.update(server.env())
-    storage.reset_client()
-    yield server
-    s3_local.stop(folder)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    storage.reset_client()
+    with swapped_environ(server.env()):
+        yield server
+        s3_local.stop(folder)
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import train
-from job import config, storage
+from conftest import swapped_environ
+from job import config
 from job.cli import main
 
 # ----------------------------------------------------------------------------- keys
@@ -155,27 +155,10 @@ def test_any_overrides_of_any_command_print_a_config_or_exit_2_with_one_line(com
 @pytest.fixture(scope="module")
 def dead_s3(tmp_path_factory):
     """boto3 settings that point at a closed port, failing fast (exit 3), then restored."""
-    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_MAX_ATTEMPTS",
-             "DIGITS_S3_CONNECT_TIMEOUT", "AWS_ENDPOINT_URL_S3")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ.update({"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-                       "AWS_MAX_ATTEMPTS": "1", "DIGITS_S3_CONNECT_TIMEOUT": "0.3"})
-    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
-    storage.reset_client()
-    yield
-    for n, v in saved.items():
-        if v is None:
-            os.environ.pop(n, None)
-        else:
-            os.environ[n] = v
-    storage.reset_client()
-
-
-@pytest.fixture(scope="module")
-def tiny_generator(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("tiny") / "run"
-    assert train(run_dir, "train.steps=2") == 0
-    return str(run_dir / "generator.safetensors")
+    dead = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+            "AWS_MAX_ATTEMPTS": "1", "DIGITS_S3_CONNECT_TIMEOUT": "0.3", "AWS_ENDPOINT_URL_S3": None}
+    with swapped_environ(dead):
+        yield
 
 
 def run_in_clean_folder(argv: list[str], files: dict[str, bytes], capsys) -> None:
@@ -220,8 +203,8 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 
 @SETTINGS
 @given(data=st.data())
-def test_sample_with_random_keys_uris_and_generator_files_exits_0_2_or_3(dead_s3, tiny_generator, capsys, data):
-    generator = data.draw(st.sampled_from([tiny_generator, "given.safetensors"]) | URIS, label="generator")
+def test_sample_with_random_keys_uris_and_generator_files_exits_0_2_or_3(dead_s3, generator_file, capsys, data):
+    generator = data.draw(st.sampled_from([generator_file, "given.safetensors"]) | URIS, label="generator")
     out = data.draw(LOCAL_MOSTLY, label="out")
     overrides = data.draw(st.lists(override("sample", run_level=True), max_size=4), label="overrides")
     files = {"given.safetensors": data.draw(RANDOM_FILE, label="file"), "texts.txt": data.draw(RANDOM_FILE)}
@@ -253,8 +236,8 @@ def test_transform_with_random_inputs_and_keys_exits_0_2_or_3(dead_s3, capsys, d
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
 @given(data=st.data())
-def test_evaluate_with_random_keys_and_uris_exits_0_2_or_3(dead_s3, tiny_generator, capsys, data):
-    subject = data.draw(st.sampled_from([f"generator={tiny_generator}", "samples=given", "generator=given"])
+def test_evaluate_with_random_keys_and_uris_exits_0_2_or_3(dead_s3, generator_file, capsys, data):
+    subject = data.draw(st.sampled_from([f"generator={generator_file}", "samples=given", "generator=given"])
                         | URIS.map(lambda u: f"samples={u}"), label="subject")
     overrides = data.draw(st.lists(override("evaluate", run_level=True), max_size=3), label="overrides")
     argv = ["evaluate", subject, "n=20", "tstr.n=0", "baseline=none", "out=report", *overrides]

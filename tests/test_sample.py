@@ -19,13 +19,6 @@ from job.cli import main
 
 
 @pytest.fixture(scope="module")
-def generator_file(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("gen") / "run"
-    assert train(run_dir, "train.steps=2") == 0
-    return str(run_dir / "generator.safetensors")
-
-
-@pytest.fixture(scope="module")
 def unconditional_generator(tmp_path_factory) -> str:
     run_dir = tmp_path_factory.mktemp("ugen") / "run"
     assert train(run_dir, "train.steps=1", "model.conditional=false") == 0

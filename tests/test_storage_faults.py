@@ -53,13 +53,6 @@ def faulty_store(s3_server, monkeypatch):
     storage.reset_client()
 
 
-@pytest.fixture(scope="module")
-def generator_file(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("gen") / "run"
-    assert train(run_dir, "train.steps=2") == 0
-    return str(run_dir / "generator.safetensors")
-
-
 def test_training_through_a_faulty_store_saves_the_same_bytes_as_a_clean_run(faulty_store, bucket, s3_server,
                                                                             tmp_path):
     from job import checkpoint

@@ -17,13 +17,6 @@ from job.cli import main
 from job.evaluate_strings import cut_digits
 
 
-@pytest.fixture(scope="module")
-def generator_file(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("gen") / "run"
-    assert train(run_dir, "train.steps=2") == 0
-    return str(run_dir / "generator.safetensors")
-
-
 def strings_args(generator: str, out, *extra: str) -> list[str]:
     return ["sample", f"generator={generator}", f"out={out}", "layout=strings", "progress=false", *extra]
 
