@@ -237,6 +237,9 @@ class SampleJob:
     shard_size: int = _bounded(10000, min=1, max=10_000_000)
     # balanced: each shard holds every class equally (then shuffled); uniform: i.i.d.
     # classes; or a comma list of classes to draw from, balanced, e.g. "3,5,8".
+    # classifier (unconditional generators): each digit is labelled by `classifier` (its
+    # most likely class, kept when at least min_confidence), and per-class quotas keep
+    # every shard exactly balanced like `balanced`.
     labels: str = "balanced"
     # Base seed: shard i's noise and labels are drawn from a stream seeded by (seed, i).
     seed: int = _bounded(0, min=0, max=2**63 - 1)
@@ -256,11 +259,13 @@ class SampleJob:
     workers: int = _bounded(0, min=0, max=100_000)
     # Progress on the main process: a bar on a terminal, a plain line every 30 s in a log.
     progress: bool = True
-    # Keep only digits the classifier recognizes as their requested class with at least
-    # this probability (0 keeps all). Rejected digits are redrawn from the shard's own
-    # stream, so counts and bytes stay exact; the manifest records the acceptance rate.
+    # Keep only digits the classifier recognizes as their requested class (labels=classifier:
+    # as any class) with at least this probability (0 keeps all). Rejected digits are redrawn
+    # from the shard's own stream, so counts and bytes stay exact; the manifest records the
+    # acceptance rate.
     min_confidence: float = _bounded(0.0, min=0.0, max=1.0)
-    # The judge of min_confidence: builtin:mnist (shipped) or a classifier.safetensors URI.
+    # The judge of min_confidence and of labels=classifier: builtin:mnist (shipped) or a
+    # classifier.safetensors URI.
     classifier: str = "builtin:mnist"
     # digits: one digit per image. strings: images of digit strings (numbers) with their
     # texts and per-digit boxes, each digit from the generator with its own noise.
@@ -294,21 +299,25 @@ class SampleJob:
                 raise BadInput("labels= chooses single digits; for strings use strings.digits= (or text=/texts=)")
         elif self.text is not None or self.texts:
             raise BadInput("text= and texts= are for layout=strings")
-        if self.labels not in ("balanced", "uniform"):
+        if self.labels not in LABEL_RULES:
             parts = [p.strip() for p in self.labels.split(",")]
             if not all(p.isdigit() for p in parts) or not parts:
                 raise BadInput(
-                    f"labels={self.labels!r} is not allowed: use balanced, uniform or a comma list of classes "
-                    "like 3,5,8"
+                    f"labels={self.labels!r} is not allowed: use {', '.join(LABEL_RULES)} or a comma list of "
+                    "classes like 3,5,8"
                 )
 
     def label_choices(self) -> list[int] | None:
         return label_choices(self.labels)
 
 
+# The `labels=` rules besides a comma list of classes.
+LABEL_RULES = ("balanced", "uniform", "classifier")
+
+
 def label_choices(labels: str) -> list[int] | None:
-    """The classes of a `labels=` comma list, or None for balanced/uniform over all classes."""
-    if labels in ("balanced", "uniform"):
+    """The classes of a `labels=` comma list, or None for a rule over all classes."""
+    if labels in LABEL_RULES:
         return None
     return sorted({int(p) for p in labels.split(",")})
 
@@ -321,6 +330,20 @@ class TstrConfig:
     # Passes over those digits, and the batch size (the classifier-mnist recipe otherwise).
     epochs: float = _bounded(3.0, min=0.01, max=1000)
     batch_size: int = _bounded(128, min=1, max=65536)
+
+
+@dataclass
+class AugmentConfig:
+    # The augmentation user's question: with k real labeled digits per class (of data's train
+    # split), how much better is a classifier trained on them plus these synthetic digits?
+    # 0 skips it. The report then holds both test accuracies and the lift (job/lift.py).
+    k: int = _bounded(0, min=0, max=100_000)
+    # Synthetic digits per real one: ratio x k x classes digits of the generator or set.
+    ratio: float = _bounded(1.0, min=0.01, max=1000)
+    # Repeats, each with its own real subset, initialisation and batch order (mean and spread).
+    seeds: int = _bounded(3, min=1, max=100)
+    # Classifier training steps (batch 128, the classifier-mnist recipe), the same for both.
+    steps: int = _bounded(400, min=1, max=1_000_000)
 
 
 @dataclass
@@ -342,6 +365,7 @@ class EvaluateJob:
     # the floor and for TSTR).
     data: DataConfig = field(default_factory=DataConfig)
     tstr: TstrConfig = field(default_factory=TstrConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Reference row: class-means (the per-class mean image of the real train split: the
     # seed project's method, as `train model.kind=mean` makes it), none, or the URI of a
     # class-conditional generator file to compare against (a trained mean model, an older GAN).

@@ -2,12 +2,18 @@
 
     python -m job evaluate generator=runs/cdcgan/generator.safetensors [n=10000] [tstr.n=60000]
     python -m job evaluate samples=s3://bucket/synthetic/run1 out=s3://bucket/reports/run1
+    python -m job evaluate generator=runs/cdcgan/generator.safetensors augment.k=100 [augment.ratio=1]
 
 Data flow: config -> the classifier (shipped builtin:mnist or a file) -> real train and test
 splits -> digits to score (generated with balanced labels from the generator's own seeded
 stream, or read from the shard set and checked against its manifest) -> one classifier
 pass per set -> metrics per row (quality.py) -> TSTR: a fresh classifier trained on each
 row's digits, tested on the real test split -> report.json, report.md, grid.png in `out`.
+
+augment.k=K adds the augmentation user's question (job/lift.py): a classifier trained on K
+real digits per class alone, and on those plus augment.ratio x K x classes of the subject's
+digits, both tested on the real test split, over augment.seeds seeds: the report's
+"augment" section holds both accuracies and the lift in points.
 
 Rows: the subject (generator or samples); `real`, the floor (real test digits against real
 train digits: the FID a perfect generator would get at this n; its TSTR is the same
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from job import checkpoint, config, console, data, evaluate_strings, quality, runtime, sample, scoring, storage
+from job import checkpoint, config, console, data, evaluate_strings, lift, quality, runtime, sample, scoring, storage
 from job.errors import BadInput
 from job.logs import grid_png
 from job.reports import write_report
@@ -139,6 +145,17 @@ def report_markdown(report: dict) -> str:
             f"{_fmt(r['tstr'], 2, True)} | {_fmt(r['precision'], 3)} | {_fmt(r['recall'], 3)} | "
             f"{_fmt(r['class_share_min'], 1, True)} / {_fmt(r['class_share_max'], 1, True)} |"
         )
+    if report.get("augment"):
+        a = report["augment"]
+        lines += [
+            "",
+            f"Augmentation: {a['real_digits']} real digits ({a['k']} per class) alone: test accuracy "
+            f"{_fmt(a['real']['mean'], 2, True)} (± {_fmt(a['real']['std'], 2, True)}); plus "
+            f"{a['synthetic_digits']} of these digits (ratio {a['ratio']:g}): "
+            f"{_fmt(a['real_plus_synthetic']['mean'], 2, True)} (± {_fmt(a['real_plus_synthetic']['std'], 2, True)}); "
+            f"lift {a['lift_points']['mean']:+.2f} points (± {a['lift_points']['std']:.2f}), {a['seeds']} seeds, "
+            f"{a['steps']} classifier steps each.",
+        ]
     lines += [
         "",
         "FID is measured in the classifier's feature space against real train digits: the `real` row "
@@ -205,6 +222,44 @@ def _read_subject(cfg: config.EvaluateJob, classifier, manifest: dict | None, wa
     return _Subject(record, images=images, labels=labels)
 
 
+def synthetic_count(cfg: config.EvaluateJob, num_classes: int) -> int:
+    """Synthetic digits the augment question adds to the real ones (0 when it is off)."""
+    return round(cfg.augment.ratio * cfg.augment.k * num_classes) if cfg.augment.k else 0
+
+
+def _check_augment(cfg: config.EvaluateJob, subject: _Subject, num_classes: int) -> None:
+    """augment.k needs labeled digits, enough of them."""
+    if not cfg.augment.k:
+        return
+    labeled = (subject.generator.num_classes > 0 if subject.generator is not None
+               else bool((subject.labels >= 0).all()))
+    if not labeled:
+        raise BadInput(f"augment.k needs labeled digits: {subject.record['uri']} has none (sample an unconditional "
+                       "generator with labels=classifier, or use a conditional one)")
+    wanted = synthetic_count(cfg, num_classes)
+    if subject.labels is not None and len(subject.labels) < wanted:
+        raise BadInput(f"augment.ratio={cfg.augment.ratio:g} x augment.k={cfg.augment.k} x {num_classes} classes "
+                       f"needs {wanted} digits but samples={cfg.samples} holds {len(subject.labels)}")
+
+
+def _augment(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, say) -> dict | None:
+    """Phase 3b: real k per class alone vs plus the subject's digits, per seed (job/lift.py)."""
+    a = cfg.augment
+    if not a.k:
+        return None
+    train, test = scorer.train, scorer.test
+    wanted = synthetic_count(cfg, train.num_classes)
+    synthetic = (subject.images[:wanted], subject.labels[:wanted])
+    say(f"augment: {a.k} real digits per class alone and plus {wanted} of these, {a.seeds} seeds")
+    per_seed = []
+    for seed in range(cfg.seed, cfg.seed + a.seeds):
+        real = lift.real_per_class(train.images, train.labels, train.num_classes, a.k, seed)
+        per_seed.append(lift.compare(real, synthetic, (test.images, test.labels), scorer.classifier_kwargs, a.steps,
+                                     cfg.tstr.batch_size, seed, scorer.device))
+    return {"k": a.k, "ratio": a.ratio, "real_digits": a.k * train.num_classes, "synthetic_digits": wanted,
+            "steps": a.steps, "seeds": a.seeds, **lift.summarize(per_seed)}
+
+
 def _read_baseline(cfg: config.EvaluateJob, classifier) -> torch.nn.Module | None:
     """Phase 1b: the baseline generator file, when baseline= names one."""
     if cfg.baseline in ("class-means", "none"):
@@ -253,9 +308,12 @@ def main(cfg: config.EvaluateJob) -> int:
     out = default_out(cfg)
     storage.check_writable(out)
     if manifest is not None and manifest.get("layout") == "strings":
+        if cfg.augment.k:
+            raise BadInput("augment.k asks about single digits: samples= holds strings (layout=strings)")
         return evaluate_strings.main(cfg, manifest, out, classifier, classifier_info)
-    wanted = max(cfg.n, cfg.tstr.n)
+    wanted = max(cfg.n, cfg.tstr.n, synthetic_count(cfg, classifier.num_classes))
     subject = _read_subject(cfg, classifier, manifest, wanted)
+    _check_augment(cfg, subject, classifier.num_classes)
     baseline = _read_baseline(cfg, classifier)
 
     acc, precision = runtime.make_accelerator(cfg.precision)
@@ -279,6 +337,7 @@ def main(cfg: config.EvaluateJob) -> int:
 
     scorer = Scorer(cfg, classifier, classifier_info["kwargs"], train, test, device)
     rows = _score_rows(cfg, scorer, subject, baseline, train, test, device, precision.mode, say)
+    augment = _augment(cfg, scorer, subject, say)
 
     # Phase 4: the report, its Markdown and a grid of the subject's digits.
     report = {
@@ -293,6 +352,7 @@ def main(cfg: config.EvaluateJob) -> int:
         "device": runtime.describe(acc, precision),
         "generated_in": precision.name,  # the digits' precision; scoring is always fp32
         "rows": rows,
+        "augment": augment,
         "config": config.to_dict(cfg),
     }
     report["wall_s"] = round(time.perf_counter() - started, 1)

@@ -2,7 +2,7 @@
 
     accelerate launch -m job sample generator=runs/quickstart/generator.safetensors \
         count=1000000 out=s3://bucket/synthetic/run1 [format=safetensors|webdataset|idx] \
-        [shard_size=10000] [labels=balanced|uniform|3,5,8] [seed=0]
+        [shard_size=10000] [labels=balanced|uniform|3,5,8|classifier] [seed=0]
     python -m job sample --config <file.yaml> count=60000 out=/data/digits
     python -m job sample generator=... count=10000 out=/data/numbers layout=strings [text=2026 | texts=<file>]
 
@@ -161,6 +161,72 @@ class ConfidenceFilter:
         return rates
 
 
+class ClassifierLabels:
+    """labels=classifier: an unconditional generator's digits take the classifier's most likely
+    class (when its probability is at least min_confidence). Each shard draws its quota first
+    (every class equally, as labels=balanced, shuffled), then fills it round by round from
+    the shard's own stream: a digit of a class whose quota is full is dropped. So a shard's
+    bytes depend only on the plan, and the set is exactly as balanced as a conditional one."""
+
+    MAX_ROUNDS = 200
+    PREFLIGHT = 2000
+    MIN_SHARE = 0.005  # a class this rare would take ~20 rounds per shard
+    MIN_ROUND = 256
+
+    def __init__(self, classifier, min_confidence: float, batch: int, device: torch.device):
+        self.classifier, self.min_confidence, self.batch, self.device = classifier, min_confidence, batch, device
+
+    def labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's class of each image, or NO_LABEL below min_confidence."""
+        confidence, predicted = scoring.score(self.classifier, images, self.batch, self.device).probs.max(dim=1)
+        return torch.where(confidence >= self.min_confidence, predicted, shards.NO_LABEL)
+
+    def preflight(self, G, plan: Plan) -> list[float]:
+        """Each class's share of a few digits from a separate stream; refuses (before anything
+        is written) a generator that almost never draws some class."""
+        gen = torch.Generator().manual_seed(runtime.stream_seed(plan.seed, -1))
+        z = torch.randn(self.PREFLIGHT, G.latent_dim, generator=gen)
+        judged = self.labels(generate(G, z, torch.zeros(len(z), dtype=torch.int64), self.batch, self.device,
+                                      plan.precision))
+        shares = (torch.bincount(judged[judged >= 0], minlength=plan.num_classes).float() / len(judged)).tolist()
+        rarest = min(range(plan.num_classes), key=lambda c: shares[c])
+        if shares[rarest] < self.MIN_SHARE:
+            raise BadInput(
+                f"labels=classifier: only {100 * shares[rarest]:.2f}% of this generator's digits are class {rarest}"
+                + (f" with confidence >= {self.min_confidence}" if self.min_confidence else "")
+                + f" (at least {100 * self.MIN_SHARE:.1f}% needed to fill balanced quotas): train the generator "
+                "longer" + (" or lower min_confidence" if self.min_confidence else "")
+            )
+        return shares
+
+    @torch.inference_mode()
+    def fill(self, G, plan: Plan, quota: torch.Tensor, gen: torch.Generator, index: int) -> tuple[torch.Tensor, int]:
+        """(images matching `quota`'s labels, digits drawn), rounds of noise from `gen`."""
+        n = len(quota)
+        images = torch.empty((n, *G.output_shape), dtype=torch.uint8)
+        slots = [torch.nonzero(quota == c).flatten() for c in range(plan.num_classes)]
+        filled = [0] * plan.num_classes
+        round_size, drawn = max(-(-n // 4), self.MIN_ROUND), 0
+        no_labels = torch.zeros(round_size, dtype=torch.int64)  # an unconditional G ignores them
+        for _ in range(self.MAX_ROUNDS):
+            if all(filled[c] == len(slots[c]) for c in range(plan.num_classes)):
+                return images, drawn
+            z = torch.randn(round_size, G.latent_dim, generator=gen)
+            candidates = generate(G, z, no_labels, self.batch, self.device, plan.precision)
+            drawn += round_size
+            judged = self.labels(candidates)
+            for c in range(plan.num_classes):
+                take = torch.nonzero(judged == c).flatten()[: len(slots[c]) - filled[c]]
+                images[slots[c][filled[c] : filled[c] + len(take)]] = candidates[take]
+                filled[c] += len(take)
+        if any(filled[c] < len(slots[c]) for c in range(plan.num_classes)):
+            short = {c: len(slots[c]) - filled[c] for c in range(plan.num_classes) if filled[c] < len(slots[c])}
+            raise BadInput(f"shard {index}: labels=classifier still lacks {short} (class: digits) after "
+                           f"{self.MAX_ROUNDS} rounds: train the generator longer or lower min_confidence "
+                           "(finished shards are kept)")
+        return images, drawn
+
+
 @torch.inference_mode()  # generate() returns inference tensors; redraws write into them
 def digits_for(G, plan: Plan, labels: torch.Tensor, gen: torch.Generator, batch: int, device: torch.device,
                keep: ConfidenceFilter | None, index: int) -> tuple[torch.Tensor, int]:
@@ -189,11 +255,15 @@ def digits_for(G, plan: Plan, labels: torch.Tensor, gen: torch.Generator, batch:
 
 
 def shard_digits(G, plan: Plan, index: int, batch: int, device: torch.device,
-                 keep: ConfidenceFilter | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
-    """((images, labels), digits drawn) of shard `index`: labels first, then the noise."""
+                 keep: ConfidenceFilter | ClassifierLabels | None = None):
+    """((images, labels), digits drawn) of shard `index`: labels first, then the noise.
+    labels=classifier: the labels are the quota `keep` (a ClassifierLabels) fills."""
     gen = shard_stream(plan, index)
     labels = draw_labels(plan.shard_count(index), plan.num_classes, plan.labels, gen)
-    images, drawn = digits_for(G, plan, labels, gen, batch, device, keep, index)
+    if plan.labels == "classifier":
+        images, drawn = keep.fill(G, plan, labels, gen, index)
+    else:
+        images, drawn = digits_for(G, plan, labels, gen, batch, device, keep, index)
     return (images, labels), drawn
 
 
@@ -287,7 +357,7 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
         "base_seed": plan.seed,
         "precision": plan.precision,
         "min_confidence": plan.min_confidence,
-        "classifier": {"uri": cfg.classifier, "sha256": plan.classifier_sha256} if plan.min_confidence else None,
+        "classifier": {"uri": cfg.classifier, "sha256": plan.classifier_sha256} if plan.classifier_sha256 else None,
         "acceptance_rate": (sum(r.get("digits", r["count"]) for r in records)
                             / max(1, sum(r.get("drawn", r["count"]) for r in records))),
         "image_shape": plan.image_shape,
@@ -306,12 +376,17 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
 # ----------------------------------------------------------------------------- the job
 
 
-def _confidence_classifier(cfg: config.SampleJob, G) -> tuple[torch.nn.Module, str]:
-    """The judge of min_confidence and its file's sha256; refuses what cannot work."""
-    if not G.num_classes:
-        raise BadInput("min_confidence needs a conditional generator (an unconditional one has no requested class)")
+def _judge_classifier(cfg: config.SampleJob, G) -> tuple[torch.nn.Module, str]:
+    """The judge of min_confidence or labels=classifier and its file's sha256; refuses what
+    cannot work."""
+    if cfg.labels == "classifier" and G.num_classes:
+        raise BadInput(f"labels=classifier is for unconditional generators: {cfg.generator} is conditional and "
+                       "draws the classes it is asked for (use labels=balanced)")
+    if not G.num_classes and cfg.labels != "classifier":
+        raise BadInput("min_confidence needs a conditional generator or labels=classifier (an unconditional "
+                       "one has no requested class)")
     classifier, _, raw = scoring.load_classifier(cfg.classifier)
-    if classifier.num_classes != G.num_classes or classifier.channels != G.output_shape[0]:
+    if classifier.channels != G.output_shape[0] or (G.num_classes and classifier.num_classes != G.num_classes):
         raise BadInput(f"classifier={cfg.classifier} ({classifier.num_classes} classes, "
                        f"{classifier.channels} channel(s)) "
                        f"does not fit this generator ({G.num_classes} classes, {G.output_shape[0]} channel(s))")
@@ -450,8 +525,8 @@ def _read_inputs(cfg: config.SampleJob) -> _Inputs:
                        f"(it has {G.num_classes or 'no'} classes)")
     texts, texts_sha256 = _strings_input(cfg, G)
     classifier, classifier_sha256 = None, ""
-    if cfg.min_confidence > 0:
-        classifier, classifier_sha256 = _confidence_classifier(cfg, G)
+    if cfg.min_confidence > 0 or cfg.labels == "classifier":
+        classifier, classifier_sha256 = _judge_classifier(cfg, G)
     return _Inputs(G, info, checkpoint.sha256(raw), texts, texts_sha256, classifier, classifier_sha256)
 
 
@@ -464,7 +539,8 @@ def _make_plan(cfg: config.SampleJob, inputs: _Inputs, device: torch.device) -> 
     plan = Plan(
         generator_sha256=inputs.sha256, generator_info=inputs.info, count=cfg.count, shard_size=cfg.shard_size,
         format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=precision.mode,
-        num_classes=G.num_classes, image_shape=list(G.output_shape),
+        num_classes=inputs.classifier.num_classes if cfg.labels == "classifier" else G.num_classes,
+        image_shape=list(G.output_shape),
         min_confidence=cfg.min_confidence, classifier_sha256=inputs.classifier_sha256,
         layout=cfg.layout, strings=asdict(cfg.strings) if cfg.layout == "strings" else None,
         text=cfg.text, texts_sha256=inputs.texts_sha256,
@@ -517,7 +593,12 @@ def main(cfg: config.SampleJob) -> int:
 
     G = inputs.generator.to(acc.device)
     keep = None
-    if inputs.classifier is not None:
+    if plan.labels == "classifier":
+        keep = ClassifierLabels(inputs.classifier.to(acc.device), cfg.min_confidence, cfg.batch_size, acc.device)
+        shares = keep.preflight(G, plan)
+        console.say0(acc, "labels=classifier: this generator's digits are " + ", ".join(
+            f"{c}: {100 * share:.1f}%" for c, share in enumerate(shares)) + "; quotas keep every shard balanced")
+    elif inputs.classifier is not None:
         keep = ConfidenceFilter(inputs.classifier.to(acc.device), cfg.min_confidence, cfg.batch_size, acc.device)
         rates = keep.preflight(G, plan)
         console.say0(acc, f"min_confidence={cfg.min_confidence} keeps about "

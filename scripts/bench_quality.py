@@ -26,10 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import benchlib
 
@@ -44,40 +40,6 @@ TARGETS = {
 # Without it, 18,000 steps left class shares at 6.0%-13.7% (10,000 steps: 4.9%-16.9%):
 # an unconditional G under-draws hard classes (2, 1) and over-draws 0.
 UNCONDITIONAL = ["model.conditional=false", "model.minibatch_std=true"]
-
-
-def run(*args: str) -> float:
-    """Run `python -m job ...`; return its wall time in seconds (fail loudly)."""
-    started = time.perf_counter()
-    cmd = [sys.executable, "-m", "job", *args]
-    print("+ " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=benchlib.REPO, check=True)
-    return time.perf_counter() - started
-
-
-class Stages:
-    """Runs each stage once, remembering its wall time in <work>/seconds.json."""
-
-    def __init__(self, work: Path):
-        self.path = work / "seconds.json"
-        self.seconds = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.ran: set[str] = set()
-
-    def __call__(self, name: str, done: bool, *args: str) -> None:
-        if done and name in self.seconds:
-            print(f"= {name}: already done ({self.seconds[name]:.0f} s)", flush=True)
-            return
-        self.seconds[name] = self.seconds.get(name, 0.0) + run(*args)
-        self.ran.add(name)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.seconds, indent=1))
-
-
-def trained_to(run_dir: Path, steps: int) -> bool:
-    from job import checkpoint
-
-    done = checkpoint.complete_steps(str(run_dir))
-    return bool(done) and max(done) >= steps
 
 
 def figures(row: dict) -> dict:
@@ -106,10 +68,10 @@ def main() -> None:
     steps = config.load("train", args.preset, []).train.steps
     uncond_steps = args.uncond_steps or steps
     quiet = ["train.progress=false"]
-    stage = Stages(work)
-    stage("train_conditional", trained_to(cond, steps),
+    stage = benchlib.Stages(work)
+    stage("train_conditional", benchlib.trained_to(cond, steps),
           "train", "--config", args.preset, f"run.dir={cond}", *quiet)
-    stage("train_unconditional", trained_to(uncond, uncond_steps),
+    stage("train_unconditional", benchlib.trained_to(uncond, uncond_steps),
           "train", "--config", args.preset, f"run.dir={uncond}", *UNCONDITIONAL,
           f"train.steps={uncond_steps}", *quiet)
     stage("sample", (digits / "manifest.json").exists() and "train_conditional" not in stage.ran,

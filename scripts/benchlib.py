@@ -94,3 +94,39 @@ def run_watched(cmd: list[str], env: dict | None = None, stop_when=None, stop_si
     output = proc.stdout.read()
     proc.wait()
     return proc.returncode, output, peak, time.perf_counter() - started
+
+
+def run_job(*args: str) -> float:
+    """Run `python -m job ...`; return its wall time in seconds (fail loudly)."""
+    import subprocess
+
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "job", *args]
+    print("+ " + " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return time.perf_counter() - started
+
+
+class Stages:
+    """Runs each stage once, remembering its wall time in <work>/seconds.json."""
+
+    def __init__(self, work: Path):
+        self.path = work / "seconds.json"
+        self.seconds = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.ran: set[str] = set()
+
+    def __call__(self, name: str, done: bool, *args: str) -> None:
+        if done and name in self.seconds:
+            print(f"= {name}: already done ({self.seconds[name]:.0f} s)", flush=True)
+            return
+        self.seconds[name] = self.seconds.get(name, 0.0) + run_job(*args)
+        self.ran.add(name)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.seconds, indent=1))
+
+
+def trained_to(run_dir: Path, steps: int) -> bool:
+    from job import checkpoint
+
+    done = checkpoint.complete_steps(str(run_dir))
+    return bool(done) and max(done) >= steps

@@ -135,3 +135,14 @@ def recognizable_generator(tmp_path_factory) -> str:
     assert train(run_dir, "train.steps=500", "model.g_width=64", "model.d_width=64", "train.sample_every=500",
                  "train.checkpoint_every=500", "train.progress=false", preset="quickstart") == 0
     return str(run_dir / "generator.safetensors")
+
+
+@pytest.fixture(scope="session")
+def recognizable_unconditional_generator(tmp_path_factory) -> str:
+    """The same recipe without labels (and with D's minibatch-std feature, as unconditional
+    models use): the shipped classifier finds every class among its digits, for labels=classifier."""
+    run_dir = tmp_path_factory.mktemp("recognizable-unconditional") / "run"
+    assert train(run_dir, "train.steps=500", "model.conditional=false", "model.minibatch_std=true",
+                 "train.sample_every=500", "train.checkpoint_every=500", "train.progress=false",
+                 preset="quickstart") == 0
+    return str(run_dir / "generator.safetensors")

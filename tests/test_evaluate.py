@@ -92,3 +92,48 @@ def test_a_manifest_naming_files_outside_its_folder_is_refused(tmp_path):
     proc = run_job("evaluate", f"samples={shards}", "n=300", f"out={tmp_path / 'out'}")
     assert proc.returncode == 2 and "names a file outside its folder" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- augment.k
+
+
+def test_augment_k_reports_real_digits_alone_and_plus_the_generators_and_the_lift(recognizable_generator, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", f"generator={recognizable_generator}", f"out={out}", *QUICK, "tstr.n=0", "baseline=none",
+                 "augment.k=5", "augment.ratio=2", "augment.seeds=2", "augment.steps=30"]) == 0
+    augment = json.loads((out / "report.json").read_text())["augment"]
+    assert (augment["k"], augment["real_digits"], augment["synthetic_digits"], augment["seeds"]) == (5, 50, 100, 2)
+    real, mixed, lift = (augment[key]["values"] for key in ("real", "real_plus_synthetic", "lift_points"))
+    assert len(real) == len(mixed) == 2 and all(0.1 < a <= 1 for a in real + mixed)  # trained, not chance
+    assert lift == pytest.approx([100 * (m - r) for r, m in zip(real, mixed)], abs=1e-3)
+    assert augment["lift_points"]["mean"] == pytest.approx(sum(lift) / 2, abs=1e-3)
+    assert "Augmentation: 50 real digits (5 per class) alone" in (out / "report.md").read_text()
+
+
+def test_the_real_subset_holds_k_distinct_digits_of_each_class_drawn_by_the_seed():
+    import torch
+
+    from job import lift
+
+    labels = torch.arange(300) % 10
+    images = torch.arange(300).view(300, 1, 1, 1)  # each "image" is its own index
+    x, y = lift.real_per_class(images, labels, 10, 7, seed=1)
+    assert torch.bincount(y).tolist() == [7] * 10 and len(set(x.flatten().tolist())) == 70
+    assert torch.equal(lift.real_per_class(images, labels, 10, 7, seed=1)[0], x)
+    assert not torch.equal(lift.real_per_class(images, labels, 10, 7, seed=2)[0], x)
+
+
+def test_augment_k_refuses_unlabeled_or_too_few_digits_before_writing(generator_file, tmp_path):
+    from conftest import train
+
+    uncond = tmp_path / "uncond"
+    assert train(uncond, "train.steps=1", "model.conditional=false") == 0
+    few = tmp_path / "few"
+    assert main(["sample", f"generator={generator_file}", f"out={few}", "count=50", "progress=false"]) == 0
+    for subject, message in ((f"generator={uncond / 'generator.safetensors'}", "augment.k needs labeled digits"),
+                             (f"samples={few}", "needs 100 digits but samples=")):
+        proc = run_job("evaluate", subject, "augment.k=10", "n=20", f"out={tmp_path / 'out'}")
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "out").exists()

@@ -185,3 +185,24 @@ def test_an_s3_set_is_cached_once_for_the_map_style_dataset_and_streamed_without
     assert set(tmp_path.rglob("*")) == before  # streamed: nothing written locally
     storage.delete(storage.join(uri, "shard-000000.safetensors"))  # the cached copy serves from now on
     assert torch.equal(ShardDataset(uri, cache_dir=str(cache))[0][0], digits[0][0])
+
+
+def test_the_readme_block_mixes_real_mnist_and_synthetic_digits_in_one_loader(sets):
+    import os
+    import re
+
+    from job import data, datasets
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Using the digits in your training"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    mnist = datasets.CATALOG["mnist"]
+    local = datasets.torchvision_root(datasets.dataset_folder(os.environ.get("DIGITS_DATA_DIR", "data"), mnist), mnist,
+                                      data.cache_dir())  # the MNIST/raw layout torchvision reads offline
+    block = (block.replace('"data"', repr(local)).replace('"runs/quickstart/digits"', repr(sets["safetensors"]))
+             .replace("    ...", "    break"))
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (our own README's code)
+    assert len(scope["loader"].dataset) == 60_000 + COUNT
+    assert scope["images"].shape == (128, 1, 28, 28) and scope["images"].dtype == torch.float32
+    assert 0 <= scope["images"].min() and scope["images"].max() <= 1 and scope["labels"].dtype == torch.int64

@@ -278,3 +278,45 @@ def test_min_confidence_refuses_what_cannot_work_before_writing(gen_fixture, ext
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- labels=classifier
+
+
+def test_labels_classifier_labels_an_unconditional_generator_in_exact_quotas_on_one_and_two_processes(
+    recognizable_unconditional_generator, tmp_path
+):
+    from job import scoring
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["count=300", "shard_size=100", "labels=classifier", "min_confidence=0.5", "format=idx"]
+    assert main(sample_args(recognizable_unconditional_generator, one, *args)) == 0
+    proc = run_job(*sample_args(recognizable_unconditional_generator, two, *args), launcher=accelerate_launch(2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(2 workers)" in proc.stdout and "labels=classifier: this generator's digits are" in proc.stdout
+    assert shard_bytes(one) == shard_bytes(two)
+    manifest = json.loads((one / "manifest.json").read_text())
+    assert manifest["labeled"] and manifest["labels"] == "classifier" and manifest["classifier"]["sha256"]
+    assert manifest["label_histogram"] == [30] * 10
+    assert all(r["label_histogram"] == [10] * 10 for r in manifest["shards"])  # every shard balanced
+    images, labels = read_all(one, "idx")  # idx now carries a label file
+    model, _, _ = scoring.load_classifier("builtin:mnist")
+    probs = scoring.score(model, images).probs
+    assert torch.equal(probs.argmax(dim=1), labels) and (probs.max(dim=1).values >= 0.5).all()
+
+
+@pytest.mark.parametrize(
+    "gen_fixture, message",
+    [
+        ("generator_file", "labels=classifier is for unconditional generators"),
+        ("unconditional_generator", "of this generator's digits are class"),  # one step: it draws blobs
+    ],
+)
+def test_labels_classifier_refuses_what_cannot_work_before_writing(gen_fixture, message, request, tmp_path):
+    out = tmp_path / "out"
+    proc = run_job(*sample_args(request.getfixturevalue(gen_fixture), out, "count=100", "labels=classifier"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()
+
