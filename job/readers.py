@@ -32,7 +32,6 @@ import random
 from collections.abc import Callable, Iterator
 
 import torch
-from safetensors import safe_open
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from job import checkpoint, shards, storage
@@ -62,32 +61,13 @@ def _apply(transform: Callable | None, item: tuple) -> tuple:
     return item if transform is None else (transform(item[0]), *item[1:])
 
 
-class _SafetensorsShard:
-    """One safetensors shard file opened with safe_open (memory-mapped): an item reads only
-    its own rows."""
-
-    def __init__(self, path: str, strings: bool):
-        self.file = safe_open(path, framework="pt")
-        self.images = self.file.get_slice("images")
-        self.labels = self.file.get_tensor("labels")
-        self.strings = strings
-        if strings:
-            self.widths, self.lengths, self.boxes = (self.file.get_tensor(k) for k in ("widths", "lengths", "boxes"))
-
-    def item(self, j: int) -> tuple:
-        image = self.images[j : j + 1][0]
-        if not self.strings:
-            return image, int(self.labels[j])
-        n = int(self.lengths[j])
-        text = "".join(str(int(d)) for d in self.labels[j, :n])
-        return image[:, :, : int(self.widths[j])], text, self.boxes[j, :n].tolist()
-
-
 class _DecodedShard:
-    """One shard of another format, decoded into memory."""
+    """One shard of a format without random access, decoded into memory."""
 
-    def __init__(self, items: list[tuple]):
+    def __init__(self, items: list[tuple], strings: bool):
         self.items = items
+        if not strings:
+            self.labels = torch.tensor([item[1] for item in items], dtype=torch.int64)
 
     def item(self, j: int) -> tuple:
         return self.items[j]
@@ -103,6 +83,7 @@ class ShardDataset(Dataset):
         self.manifest = read_manifest(uri)
         self.format = self.manifest["shard_format"]
         self.strings = _is_strings(self.manifest)
+        self.opener = shards.format_named(self.format).open_file  # random access, when the format has it
         records = self.manifest["shards"]
         self.folder = self._local_copy(uri, records, cache_dir) if storage.is_remote(uri) else uri
         if verify and not storage.is_remote(uri):
@@ -112,7 +93,7 @@ class ShardDataset(Dataset):
         self.offsets = [0]  # offsets[s] = index of shard s's first item
         for record in records:
             self.offsets.append(self.offsets[-1] + int(record["count"]))
-        self._open: dict[int, _SafetensorsShard | _DecodedShard] = {}
+        self._open: dict[int, shards.ShardItems | _DecodedShard] = {}
 
     @staticmethod
     def _local_copy(uri: str, records: list[dict], cache_dir: str | None) -> str:
@@ -141,11 +122,14 @@ class ShardDataset(Dataset):
     def _shard(self, s: int):
         if s not in self._open:
             names = list(self.records[s]["files"])
-            if self.format == "safetensors":
-                self._open[s] = _SafetensorsShard(os.path.join(self.folder, names[0]), self.strings)
+            if self.opener is not None:
+                self._open[s] = self.opener(os.path.join(self.folder, names[0]), self.strings)
             else:
-                files = {name: open(os.path.join(self.folder, name), "rb").read() for name in names}
-                self._open[s] = _DecodedShard(_items_of(self.format, self.strings, files))
+                files = {}
+                for name in names:
+                    with open(os.path.join(self.folder, name), "rb") as f:
+                        files[name] = f.read()
+                self._open[s] = _DecodedShard(_items_of(self.format, self.strings, files), self.strings)
         return self._open[s]
 
     def __getitem__(self, i: int) -> tuple:
@@ -157,16 +141,11 @@ class ShardDataset(Dataset):
 
     @property
     def labels(self) -> torch.Tensor:
-        """Every item's label (int64 [len]; -1 unlabeled), without reading any image: from
-        the safetensors shards' label tensors, else by decoding. Strings have none."""
+        """Every item's label (int64 [len]; -1 unlabeled); a memory-mapped shard reads no
+        image for it. Strings have none."""
         if self.strings:
             raise TypeError("a set of strings has texts, not one label per item")
-        out = []
-        for s in range(len(self.records)):
-            shard = self._shard(s)
-            out.append(shard.labels if isinstance(shard, _SafetensorsShard)
-                       else torch.tensor([item[1] for item in shard.items], dtype=torch.int64))
-        return torch.cat(out)
+        return torch.cat([self._shard(s).labels for s in range(len(self.records))])
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

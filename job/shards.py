@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -52,6 +53,9 @@ class ShardFormat:
     decode: Callable[[dict[str, bytes]], tuple[torch.Tensor, torch.Tensor]]  # files -> (images, labels)
     encode_strings: Callable[[int, Any], dict[str, bytes]] | None = None  # (index, StringBatch) -> files
     decode_strings: Callable[[dict[str, bytes]], list] | None = None
+    # (path of the data file, strings) -> ShardItems: random access to one shard's items
+    # without decoding all of it (job.readers.ShardDataset); None: the reader decodes it.
+    open_file: Callable[[str, bool], ShardItems] | None = None
 
     @property
     def holds_strings(self) -> bool:
@@ -99,6 +103,16 @@ def decode_strings(fmt: str, files: dict[str, bytes]) -> list[tuple[torch.Tensor
     return strings_format(fmt).decode_strings(files)
 
 
+class ShardItems:
+    """Random access to one shard file's items: `labels` (int64 [N], single digits) and
+    item(j) -> (image, label) or (image, text, boxes), as the shard's decoder gives them."""
+
+    labels: torch.Tensor
+
+    def item(self, j: int) -> tuple:
+        raise NotImplementedError
+
+
 # ----------------------------------------------------------------------------- safetensors
 
 
@@ -130,6 +144,26 @@ def _safetensors_decode_strings(files: dict[str, bytes]) -> list[tuple[torch.Ten
         text = "".join(str(int(d)) for d in t["labels"][i, :n])
         out.append((t["images"][i, :, :, : int(t["widths"][i])], text, t["boxes"][i, :n].tolist()))
     return out
+
+
+class _SafetensorsItems(ShardItems):
+    """A safetensors shard opened with safe_open (memory-mapped): an item reads only its rows."""
+
+    def __init__(self, path: str, strings: bool):
+        self.file = safe_open(path, framework="pt")
+        self.images = self.file.get_slice("images")
+        self.labels = self.file.get_tensor("labels")
+        self.strings = strings
+        if strings:
+            self.widths, self.lengths, self.boxes = (self.file.get_tensor(k) for k in ("widths", "lengths", "boxes"))
+
+    def item(self, j: int) -> tuple:
+        image = self.images[j : j + 1][0]
+        if not self.strings:
+            return image, int(self.labels[j])
+        n = int(self.lengths[j])
+        text = "".join(str(int(d)) for d in self.labels[j, :n])
+        return image[:, :, : int(self.widths[j])], text, self.boxes[j, :n].tolist()
 
 
 # ----------------------------------------------------------------------------- idx
@@ -288,7 +322,7 @@ FORMATS: dict[str, ShardFormat] = {
     f.name: f
     for f in (
         ShardFormat("safetensors", _safetensors_files, _safetensors_encode, _safetensors_decode,
-                    _safetensors_encode_strings, _safetensors_decode_strings),
+                    _safetensors_encode_strings, _safetensors_decode_strings, _SafetensorsItems),
         ShardFormat("webdataset", _webdataset_files, _webdataset_encode, _webdataset_decode,
                     _webdataset_encode_strings, _webdataset_decode_strings),
         ShardFormat("idx", _idx_files, _idx_encode, _idx_decode),

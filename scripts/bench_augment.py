@@ -192,6 +192,7 @@ def main() -> None:
     p.add_argument("--quality-steps", type=int, default=None, help="default: the quality-cpu preset's")
     p.add_argument("--min-confidence", type=float, default=0.9)
     p.add_argument("--work", default="runs/bench-augment")
+    p.add_argument("--results", default=str(benchlib.RESULTS), help="folder of the results JSON")
     args = p.parse_args()
     if len(args.gan_steps) != len(args.ks):
         p.error("give one --gan-steps per k")
@@ -201,11 +202,11 @@ def main() -> None:
     from job import config
 
     args.quality_steps = args.quality_steps or config.load("train", "quality-cpu", []).train.steps
-    work = (benchlib.REPO / args.work).resolve()
+    work = benchlib.REPO / args.work  # a relative --work is under the repository
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     bench = Bench(args, work)
-    results_path = benchlib.RESULTS / f"augment-{benchlib.device_tag()}.json"
+    results_path = Path(args.results) / f"augment-{benchlib.device_tag()}.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     low = bench.low_data() if args.part in ("low", "all") else previous.get("low_data", [])
     full = bench.full_data() if args.part in ("full", "all") else previous.get("full_data", [])
@@ -223,7 +224,7 @@ def main() -> None:
         "seconds": {"stages": {k: round(v, 1) for k, v in bench.stage.seconds.items()},
                     "classifiers": round(bench.rows.seconds(), 1),
                     "this_run": round(time.perf_counter() - started, 1)},
-    })
+    }, Path(args.results))
     print("\n| real digits | synthetic | test accuracy, real alone | real + synthetic | lift (points) |")
     print("|---|---|---|---|---|")
     for r in low:

@@ -58,10 +58,10 @@ def device_tag() -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
-def write_results(name: str, payload: dict) -> Path:
-    """Write bench-results/<name>-<device>.json and return its path."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}-{device_tag()}.json"
+def write_results(name: str, payload: dict, folder: Path = RESULTS) -> Path:
+    """Write <folder>/<name>-<device>.json (default bench-results/) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{device_tag()}.json"
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d"), "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
