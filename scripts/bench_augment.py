@@ -15,7 +15,9 @@ Low data, for k = 10, 100, 1000 real digits per class and each seed:
      that folder alone (no peeking at the rest of MNIST);
   3. `job sample` draws max(ratios) x 10k labeled digits from it;
   4. classifiers: the k-per-class subset alone, and plus ratio x 10k synthetic digits (the
-     first of the sample set) for each ratio.
+     first of the sample set) for each ratio;
+  5. the filter, without peeking: that real-alone classifier, saved as a classifier file,
+     judges `job sample min_confidence=--low-filter` of 10k more digits: plus those (ratio 1).
 Full data, each seed: 60,000 real alone, plus 60,000 or 600,000 synthetic digits from the
 quality preset's generator (`job train --config quality-cpu`), sampled with and without
 min_confidence (the 60,000 are the first six shards of the 600,000: shard i depends only on
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -96,6 +99,19 @@ class Bench:
         return self.rows.accuracy(name, lambda: lift.trained_accuracy(
             images, labels, self.test.images, self.test.labels, self.kwargs, steps, self.batch_size, seed, "cpu"))
 
+    def judge(self, path: Path, real, seed: int) -> None:
+        """The real-alone classifier of this (k, seed) as a classifier file: the same recipe,
+        data and seed as its row, so the same network. It filters the generator's digits
+        without peeking at the rest of MNIST (the shipped classifier saw all of it)."""
+        if path.exists():
+            return
+        from job import checkpoint
+        from job.train_classifier import ARCH, fit
+
+        model = fit(*real, self.kwargs, self.args.low_steps, batch_size=self.batch_size, seed=seed, device="cpu")
+        checkpoint.export_model(str(path), model.state_dict(), kind="classifier", arch=ARCH, kwargs=self.kwargs,
+                                step=self.args.low_steps, extra={"trained_on": f"{len(real[1])} real digits"})
+
     def synthetic(self, folder: Path, n: int):
         from job.shard_sets import read_manifest, shard_set_digits
 
@@ -105,8 +121,9 @@ class Bench:
         from job import lift
 
         a, torch, out = self.args, self.torch, []
+        filtered = f"min_confidence={a.low_filter}"
         for k in KS:
-            per_seed = {r: [] for r in RATIOS}
+            per_seed = {r: [] for r in (*RATIOS, filtered)}
             for seed in SEEDS:
                 real = lift.real_per_class(self.train.images, self.train.labels, 10, k, seed)
                 here = self.work / "low" / f"k{k}-seed{seed}"
@@ -129,9 +146,30 @@ class Bench:
                                           torch.cat([real[1], synthetic[1][:m]]), a.low_steps, seed)
                     per_seed[ratio].append({"real": alone, "real_plus_synthetic": mixed,
                                             "lift_points": 100 * (mixed - alone)})
-            for ratio in RATIOS:
+                # Ratio 1 again, each digit kept only when the real-alone classifier agrees.
+                judge, kept = here / "judge.safetensors", here / f"digits-min-confidence-{a.low_filter}"
+                self.judge(judge, real, seed)
+                try:
+                    self.stage(f"k{k}/seed{seed}/sample-{filtered}", (kept / "manifest.json").exists(),
+                               "sample", f"generator={gan / 'generator.safetensors'}", f"count={k * 10}",
+                               f"out={kept}", f"seed={seed}", f"min_confidence={a.low_filter}",
+                               f"classifier={judge}", "progress=false")
+                except subprocess.CalledProcessError as e:
+                    if e.returncode != 2:
+                        raise
+                    print(f"  k{k}/seed{seed}: the filter refused this generator (exit 2, above)", flush=True)
+                    continue  # too few digits pass: no filtered row for this seed
+                clean = self.synthetic(kept, k * 10)
+                mixed = self.accuracy(f"k{k}/seed{seed}/ratio1-{filtered}", torch.cat([real[0], clean[0]]),
+                                      torch.cat([real[1], clean[1]]), a.low_steps, seed)
+                per_seed[filtered].append({"real": alone, "real_plus_synthetic": mixed,
+                                           "lift_points": 100 * (mixed - alone)})
+            for ratio in [r for r in per_seed if per_seed[r]]:
                 summary = lift.summarize(per_seed[ratio])
-                out.append({"k": k, "ratio": ratio, "real_digits": 10 * k, "synthetic_digits": ratio * 10 * k,
+                m = ratio if ratio in RATIOS else 1
+                out.append({"k": k, "ratio": m, "filter": "none" if ratio in RATIOS else
+                            f"{filtered} (judge: the real-alone classifier)",
+                            "real_digits": 10 * k, "synthetic_digits": m * 10 * k,
                             "gan_steps": a.gan_steps[KS.index(k)], "classifier_steps": a.low_steps,
                             "real_accuracy": summary["real"], "mixed_accuracy": summary["real_plus_synthetic"],
                             "lift_points": summary["lift_points"]["mean"],
@@ -190,7 +228,9 @@ def main() -> None:
     p.add_argument("--low-steps", type=int, default=400, help="classifier steps per low-data row (batch 128)")
     p.add_argument("--full-steps", type=int, default=1400, help="classifier steps per full-data row (batch 128)")
     p.add_argument("--quality-steps", type=int, default=None, help="default: the quality-cpu preset's")
-    p.add_argument("--min-confidence", type=float, default=0.9)
+    p.add_argument("--min-confidence", type=float, default=0.9, help="the full-data filter (shipped classifier)")
+    p.add_argument("--low-filter", type=float, default=0.5,
+                   help="min_confidence of the low-data filtered row (judge: that seed's real-alone classifier)")
     p.add_argument("--work", default="runs/bench-augment")
     p.add_argument("--results", default=str(benchlib.RESULTS), help="folder of the results JSON")
     args = p.parse_args()
@@ -210,12 +250,13 @@ def main() -> None:
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     low = bench.low_data() if args.part in ("low", "all") else previous.get("low_data", [])
     full = bench.full_data() if args.part in ("full", "all") else previous.get("full_data", [])
-    met = {f"k={r['k']} ratio={r['ratio']}": r["lift_points"] >= TARGET_LIFT_POINTS
+    met = {f"k={r['k']} ratio={r['ratio']} filter={r['filter']}": r["lift_points"] >= TARGET_LIFT_POINTS
            for r in low if r["k"] in (10, 100)}
     path = benchlib.write_results("augment", {
         "settings": {"ks": KS, "ratios": RATIOS, "seeds": list(SEEDS), "gan_steps": args.gan_steps,
                      "low_steps": args.low_steps, "full_steps": args.full_steps,
                      "quality_steps": args.quality_steps, "min_confidence": args.min_confidence,
+                     "low_filter": args.low_filter,
                      "classifier_batch_size": bench.batch_size},
         "low_data": low,
         "full_data": full,
@@ -228,7 +269,8 @@ def main() -> None:
     print("\n| real digits | synthetic | test accuracy, real alone | real + synthetic | lift (points) |")
     print("|---|---|---|---|---|")
     for r in low:
-        print(f"| {r['real_digits']:,} (k={r['k']}) | {r['synthetic_digits']:,} (ratio {r['ratio']}) | "
+        kept = "" if r["filter"] == "none" else f", {r['filter'].split(' ')[0]}"
+        print(f"| {r['real_digits']:,} (k={r['k']}) | {r['synthetic_digits']:,} (ratio {r['ratio']}{kept}) | "
               f"{pct(r['real_accuracy'])} | {pct(r['mixed_accuracy'])} | "
               f"{r['lift_points']:+.2f} ± {r['lift_points_spread']['std']:.2f} |")
     for r in full:
