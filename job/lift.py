@@ -58,6 +58,11 @@ def compare(real: tuple[torch.Tensor, torch.Tensor], synthetic: tuple[torch.Tens
     alone = trained_accuracy(*real, *test, kwargs, steps, batch_size, seed, device)
     mixed = trained_accuracy(torch.cat([real[0], synthetic[0]]), torch.cat([real[1], synthetic[1]]), *test, kwargs,
                              steps, batch_size, seed, device)
+    return seed_row(alone, mixed)
+
+
+def seed_row(alone: float, mixed: float) -> dict:
+    """One seed's accuracies, real alone and real + synthetic, and the lift in points."""
     return {"real": alone, "real_plus_synthetic": mixed, "lift_points": 100 * (mixed - alone)}
 
 

@@ -144,8 +144,7 @@ class Bench:
                     m = ratio * k * 10
                     mixed = self.accuracy(f"k{k}/seed{seed}/ratio{ratio}", torch.cat([real[0], synthetic[0][:m]]),
                                           torch.cat([real[1], synthetic[1][:m]]), a.low_steps, seed)
-                    per_seed[ratio].append({"real": alone, "real_plus_synthetic": mixed,
-                                            "lift_points": 100 * (mixed - alone)})
+                    per_seed[ratio].append(lift.seed_row(alone, mixed))
                 # Ratio 1 again, each digit kept only when the real-alone classifier agrees.
                 judge, kept = here / "judge.safetensors", here / f"digits-min-confidence-{a.low_filter}"
                 self.judge(judge, real, seed)
@@ -162,8 +161,7 @@ class Bench:
                 clean = self.synthetic(kept, k * 10)
                 mixed = self.accuracy(f"k{k}/seed{seed}/ratio1-{filtered}", torch.cat([real[0], clean[0]]),
                                       torch.cat([real[1], clean[1]]), a.low_steps, seed)
-                per_seed[filtered].append({"real": alone, "real_plus_synthetic": mixed,
-                                           "lift_points": 100 * (mixed - alone)})
+                per_seed[filtered].append(lift.seed_row(alone, mixed))
             for ratio in [r for r in per_seed if per_seed[r]]:
                 summary = lift.summarize(per_seed[ratio])
                 m = ratio if ratio in RATIOS else 1
@@ -203,8 +201,7 @@ class Bench:
                 for seed in SEEDS:
                     mixed = self.accuracy(f"full/seed{seed}/{name}/{m}", torch.cat([real[0], synthetic[0][:m]]),
                                           torch.cat([real[1], synthetic[1][:m]]), a.full_steps, seed)
-                    per_seed.append({"real": alone[seed], "real_plus_synthetic": mixed,
-                                     "lift_points": 100 * (mixed - alone[seed])})
+                    per_seed.append(lift.seed_row(alone[seed], mixed))
                 summary = lift.summarize(per_seed)
                 rows.append({"real_digits": 60_000, "synthetic_digits": m, "filter": name,
                              "classifier_steps": a.full_steps, "real_accuracy": summary["real"],
