@@ -18,22 +18,22 @@ import time
 import numpy as np
 import torch
 
-from job import config, console, digit_image, runtime, sample, scoring, shards, storage
+from job import config, console, digit_image, runtime, scoring, shards
 from job.errors import BadInput
 from job.reports import write_report
-from job.shard_sets import verified_shard_files
+from job.shard_sets import manifest_uri, verified_shard_files
 
 REPORT_FORMAT = "digit-job/strings-report"
 
 
 def read_strings(uri: str, manifest: dict, n: int) -> list[tuple[torch.Tensor, str, list[list[int]]]]:
     """Up to n (image, text, boxes) of a strings shard set, each file checked against the manifest."""
-    manifest_uri = storage.join(uri, sample.MANIFEST)
+    where = manifest_uri(uri)
     items: list = []
     for record in manifest["shards"]:
         if len(items) >= n:
             break
-        items.extend(shards.decode_strings(manifest["shard_format"], verified_shard_files(uri, record, manifest_uri)))
+        items.extend(shards.decode_strings(manifest["shard_format"], verified_shard_files(uri, record, where)))
     return items[:n]
 
 

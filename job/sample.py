@@ -38,10 +38,10 @@ from job.errors import BadInput
 from job.models import load_generator
 from job.precision import Precision, display_name, resolve
 from job.preemption import Preempted, StopSignals
+from job.shard_sets import MANIFEST
 
 RECORDS = "_records"
 PLAN = "plan.json"
-MANIFEST = "manifest.json"
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Reading back a finished shard set (`job sample`'s output): its manifest, and its shards
-with every file checked against the manifest's sha256. Used by `job evaluate` for single
-digits and for strings.
+with every file checked against the manifest's sha256. Used by `job evaluate` (digits and
+strings) and by the public readers (job.readers), so it imports nothing above storage.
+
+Its errors are standard exceptions too (FileNotFoundError, ValueError) for code that uses
+the readers; the job's commands see them as BadInput (exit 2).
 """
 
 from __future__ import annotations
@@ -9,41 +12,58 @@ import json
 
 import torch
 
-from job import checkpoint, sample, shards, storage
+from job import checkpoint, shards, storage
 from job.errors import BadInput
 
+MANIFEST = "manifest.json"  # written last by `job sample`: its presence marks a complete set
 
-def _safe_name(name: str, where: str) -> str:
+
+class ShardSetMissing(BadInput, FileNotFoundError):
+    """There is no complete shard set at that URI (no manifest)."""
+
+
+class ShardSetInvalid(BadInput, ValueError):
+    """A manifest or a shard file is not what a shard set holds, or not what its manifest says."""
+
+
+def manifest_uri(uri: str) -> str:
+    """Where the manifest of the shard set at `uri` is."""
+    return storage.join(uri, MANIFEST)
+
+
+def safe_name(name: str, where: str) -> str:
     """A manifest's file name must stay inside its folder."""
     if not storage.stays_inside(name):
-        raise BadInput(f"{where} names a file outside its folder: {name!r}")
+        raise ShardSetInvalid(f"{where} names a file outside its folder: {name!r}")
     return name
 
 
 def read_manifest(uri: str) -> dict:
     """The manifest of a complete shard set (BadInput when there is none or it is not one)."""
-    manifest_uri = storage.join(uri, sample.MANIFEST)
-    if not storage.exists(manifest_uri):
-        raise BadInput(f"samples={uri} is not a complete shard set: no {sample.MANIFEST} (is `job sample` finished?)")
+    where = manifest_uri(uri)
+    if not storage.exists(where):
+        raise ShardSetMissing(f"{uri} is not a complete shard set: no {MANIFEST} (has `job sample` finished?)")
     try:
-        manifest = json.loads(storage.read_bytes(manifest_uri))
+        manifest = json.loads(storage.read_bytes(where))
         fmt, records = manifest["shard_format"], manifest["shards"]
         if not isinstance(records, list):
             raise TypeError("shards is not a list")
     except (ValueError, KeyError, TypeError) as e:
-        raise BadInput(f"{manifest_uri} is not a digit-job manifest ({e})") from None
+        raise ShardSetInvalid(f"{where} is not a digit-job manifest ({e})") from None
     if fmt not in shards.FORMATS:
-        raise BadInput(f"{manifest_uri} names an unknown shard format {fmt!r}")
+        raise ShardSetInvalid(f"{where} names an unknown shard format {fmt!r}")
     return manifest
 
 
-def verified_shard_files(uri: str, record: dict, manifest_uri: str) -> dict[str, bytes]:
-    """{name: bytes} of one shard of the set at `uri`, each checked against its manifest sha256."""
+def verified_shard_files(uri: str, record: dict, where: str, verify: bool = True) -> dict[str, bytes]:
+    """{name: bytes} of one shard of the set at `uri`, each name kept inside the set's folder
+    and, unless verify=False, each file checked against its manifest sha256. `where`: the
+    manifest's URI, named in errors."""
     files = {}
     for name, entry in record["files"].items():
-        blob = storage.read_bytes(storage.join(uri, _safe_name(name, manifest_uri)))
-        if checkpoint.sha256(blob) != entry["sha256"]:
-            raise BadInput(f"{storage.join(uri, name)} does not match the sha256 in {manifest_uri}")
+        blob = storage.read_bytes(storage.join(uri, safe_name(name, where)))
+        if verify and checkpoint.sha256(blob) != entry["sha256"]:
+            raise ShardSetInvalid(f"{storage.join(uri, name)} does not match the sha256 in {where}")
         files[name] = blob
     return files
 
@@ -51,13 +71,12 @@ def verified_shard_files(uri: str, record: dict, manifest_uri: str) -> dict[str,
 def shard_set_digits(uri: str, manifest: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to n digits of a complete shard set, in shard order, each file checked against
     the manifest's sha256. Returns (images, labels)."""
-    manifest_uri = storage.join(uri, sample.MANIFEST)
     fmt, records = manifest["shard_format"], manifest["shards"]
     images, labels, have = [], [], 0
     for record in records:
         if have >= n:
             break
-        x, y = shards.decode(fmt, verified_shard_files(uri, record, manifest_uri))
+        x, y = shards.decode(fmt, verified_shard_files(uri, record, manifest_uri(uri)))
         images.append(x)
         labels.append(y)
         have += len(y)

@@ -54,8 +54,11 @@ class ShardFormat:
     encode_strings: Callable[[int, Any], dict[str, bytes]] | None = None  # (index, StringBatch) -> files
     decode_strings: Callable[[dict[str, bytes]], list] | None = None
     # (path of the data file, strings) -> ShardItems: random access to one shard's items
-    # without decoding all of it (job.readers.ShardDataset); None: the reader decodes it.
+    # without reading all of it (memory-mapped); None: the readers load the files' bytes.
     open_file: Callable[[str, bool], ShardItems] | None = None
+    # ({file name: bytes}, strings) -> ShardItems: random access to a shard in memory that
+    # decodes only the items asked for; None: the whole shard is decoded up front.
+    read_items: Callable[[dict[str, bytes], bool], ShardItems] | None = None
 
     @property
     def holds_strings(self) -> bool:
@@ -104,13 +107,34 @@ def decode_strings(fmt: str, files: dict[str, bytes]) -> list[tuple[torch.Tensor
 
 
 class ShardItems:
-    """Random access to one shard file's items: `labels` (int64 [N], single digits) and
+    """Random access to one shard's items: `labels` (int64 [N], single digits) and
     item(j) -> (image, label) or (image, text, boxes), as the shard's decoder gives them."""
 
     labels: torch.Tensor
 
     def item(self, j: int) -> tuple:
         raise NotImplementedError
+
+
+class DecodedItems(ShardItems):
+    """A shard decoded whole: digits as two tensors, strings as a list of items."""
+
+    def __init__(self, fmt: str, files: dict[str, bytes], strings: bool):
+        self.strings = strings
+        if strings:
+            self.items = decode_strings(fmt, files)
+        else:
+            self.images, self.labels = decode(fmt, files)
+
+    def item(self, j: int) -> tuple:
+        return self.items[j] if self.strings else (self.images[j], int(self.labels[j]))
+
+
+def read_items(fmt: str, files: dict[str, bytes], strings: bool) -> ShardItems:
+    """Random access to a shard held in memory as {file name: bytes}: lazily decoded where
+    the format allows it (a tar's PNGs one by one), else decoded whole."""
+    lazy = format_named(fmt).read_items
+    return lazy(files, strings) if lazy is not None else DecodedItems(fmt, files, strings)
 
 
 # ----------------------------------------------------------------------------- safetensors
@@ -285,6 +309,35 @@ def _webdataset_decode_strings(files: dict[str, bytes]) -> list[tuple[torch.Tens
     return out
 
 
+class _TarItems(ShardItems):
+    """A webdataset tar in memory, indexed once: item(j) decodes only the j-th key's PNG."""
+
+    def __init__(self, files: dict[str, bytes], strings: bool):
+        self.data, self.strings = memoryview(files[sorted(files)[0]]), strings
+        members: dict[str, dict[str, tuple[int, int]]] = {}  # key -> {ext: (offset, size)}
+        with tarfile.open(fileobj=io.BytesIO(files[sorted(files)[0]]), mode="r") as tar:
+            for member in tar.getmembers():
+                if member.isfile():
+                    key, _, ext = member.name.partition(".")
+                    members.setdefault(key, {})[ext] = (member.offset_data, member.size)
+        self.members = [members[key] for key in sorted(members)]
+        if not strings:
+            self.labels = torch.tensor([int(self._payload(m, "cls")) for m in self.members], dtype=torch.int64)
+
+    def _payload(self, member: dict[str, tuple[int, int]], ext: str) -> bytes:
+        offset, size = member[ext]
+        return bytes(self.data[offset : offset + size])
+
+    def item(self, j: int) -> tuple:
+        member = self.members[j]
+        array = np.array(Image.open(io.BytesIO(self._payload(member, "png"))))
+        image = torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
+        if not self.strings:
+            return image, int(self.labels[j])
+        meta = json.loads(self._payload(member, "json"))
+        return image, meta["text"], meta["boxes"]
+
+
 def _encode_tar(index: int, images: torch.Tensor, labels: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     array = images.numpy()
@@ -324,7 +377,7 @@ FORMATS: dict[str, ShardFormat] = {
         ShardFormat("safetensors", _safetensors_files, _safetensors_encode, _safetensors_decode,
                     _safetensors_encode_strings, _safetensors_decode_strings, _SafetensorsItems),
         ShardFormat("webdataset", _webdataset_files, _webdataset_encode, _webdataset_decode,
-                    _webdataset_encode_strings, _webdataset_decode_strings),
+                    _webdataset_encode_strings, _webdataset_decode_strings, read_items=_TarItems),
         ShardFormat("idx", _idx_files, _idx_encode, _idx_decode),
     )
 }

@@ -52,6 +52,14 @@ def accelerate_launch(num_processes: int) -> list[str]:
             "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def torchrun_cpu(num_processes: int) -> tuple[list[str], dict[str, str]]:
+    """(command prefix, environment) for a user's own script with a plain `Accelerator()`
+    as a real multi-process CPU (gloo) job. `accelerate launch --multi_gpu` on a machine
+    without CUDA would start unrelated one-process jobs for such a script."""
+    exe = Path(sys.executable).with_name("torchrun")
+    return [str(exe), "--nproc_per_node", str(num_processes)], {**os.environ, "ACCELERATE_USE_CPU": "1"}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
@@ -71,22 +79,20 @@ def swapped_environ(values: dict[str, str | None]):
     """os.environ with `values` set (None: removed) and a fresh S3 client, both restored after."""
     from job import storage
 
+    def put(items: dict[str, str | None]) -> None:
+        for k, v in items.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        storage.reset_client()
+
     saved = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        storage.reset_client()
+        put(values)
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        storage.reset_client()
+        put(saved)
 
 
 @pytest.fixture(scope="module")

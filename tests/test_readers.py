@@ -6,8 +6,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shutil
+import signal
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import REPO, accelerate_launch
+from conftest import REPO, torchrun_cpu
 from job import storage
 from job.cli import main
 from job.errors import BadInput
@@ -111,26 +114,89 @@ def test_strings_come_back_as_image_text_and_boxes_from_both_readers(generator_f
             assert torch.equal(s_image, image) and s_text == text and s_boxes == boxes
 
 
-def test_one_epoch_over_ranks_and_workers_yields_every_digit_exactly_once(sets):
+def stream_keys(stream, num_workers: int = 0, **loader_args) -> list:
+    """Every digit one rank's DataLoader yields in an epoch, in order."""
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, **loader_args)
+    return [key(x, y) for x, y in loader]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("ranks", [2, 3, 7])
+def test_every_rank_yields_the_same_count_for_any_ranks_workers_and_uneven_shards(sets, ranks, drop_last):
+    # 45 digits in 5 shards (the last one short): fewer shards than ranks x workers, and
+    # counts that divide neither by the ranks nor by the workers.
     expected = every_key(sets["webdataset"])
-    seen = Counter()
-    for rank in range(2):
-        stream = ShardStream(sets["webdataset"], shuffle_buffer=8, seed=1, rank=rank, world_size=2)
-        loader = DataLoader(stream, batch_size=None, num_workers=2)
-        seen.update(key(x, y) for x, y in loader)
-    assert seen == expected
+    for workers, batch_size in ((0, None), (3, None), (3, 4)):
+        per_rank = []
+        for rank in range(ranks):
+            stream = ShardStream(sets["webdataset"], shuffle_window=8, seed=1, rank=rank, world_size=ranks,
+                                 drop_last=drop_last, batch_size=batch_size)
+            per_rank.append(stream_keys(stream, workers))
+            assert len(per_rank[-1]) == len(stream)
+        counts = {len(keys) for keys in per_rank}
+        assert counts == {COUNT // ranks if drop_last else -(-COUNT // ranks)}, (workers, batch_size)
+        seen = Counter(k for keys in per_rank for k in keys)
+        if drop_last:  # the last COUNT % ranks positions of the epoch are left out, nothing twice
+            assert max(seen.values()) == 1 and sum(seen.values()) == COUNT - COUNT % ranks
+        else:  # padded with the epoch's first items, as DistributedSampler does
+            assert set(seen) == set(expected) and sum(seen.values()) == -(-COUNT // ranks) * ranks
+            if workers == 0:  # rank 0's first items are the epoch's first: those come twice
+                assert all(seen[k] == 2 for k in per_rank[0][: sum(seen.values()) - COUNT])
 
 
-def test_the_shuffle_is_seeded_and_changes_with_the_epoch(sets):
-    def order(seed: int, epoch: int) -> list:
-        stream = ShardStream(sets["safetensors"], shuffle_buffer=20, seed=seed)
+def test_the_order_is_a_function_of_seed_and_epoch_alone_not_of_the_workers(sets):
+    def order(num_workers: int, epoch: int, seed: int = 0) -> list:
+        stream = ShardStream(sets["safetensors"], shuffle_window=20, seed=seed, batch_size=4)
         stream.set_epoch(epoch)
-        return [key(x, y) for x, y in stream]
+        loader = DataLoader(stream, batch_size=4, num_workers=num_workers)
+        return [key(x, y) for images, labels in loader for x, y in zip(images, labels)]
 
     first = order(0, 0)
-    assert order(0, 0) == first
-    assert order(0, 1) != first and order(1, 0) != first
-    assert Counter(order(0, 1)) == Counter(first) == every_key(sets["safetensors"])
+    assert order(1, 0) == order(3, 0) == first
+    assert order(0, 1) != first and order(0, 0, seed=1) != first
+    assert Counter(order(2, 1)) == Counter(first) == every_key(sets["safetensors"])
+
+
+def test_set_epoch_reaches_persistent_workers(sets):
+    stream = ShardStream(sets["safetensors"], shuffle_window=20, seed=5, batch_size=5)
+    loader = DataLoader(stream, batch_size=5, num_workers=2, persistent_workers=True)
+    epochs = []
+    for epoch in range(3):
+        stream.set_epoch(epoch)
+        epochs.append([key(x, y) for images, labels in loader for x, y in zip(images, labels)])
+    alone = ShardStream(sets["safetensors"], shuffle_window=20, seed=5)
+    for epoch, seen in enumerate(epochs):
+        alone.set_epoch(epoch)
+        assert seen == [key(*item) for item in alone]  # the same epoch's order, not the first one's
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_a_run_killed_mid_epoch_resumes_and_sees_each_digit_of_the_epoch_exactly_once(sets, tmp_path):
+    pytest.importorskip("torchdata")
+    script = [sys.executable, str(REPO / "tests" / "resume_stream.py"), sets["webdataset"], str(tmp_path)]
+    killed = subprocess.run([*script, "--kill-after", "5"], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    state = json.loads((tmp_path / "state.json").read_text())  # plain JSON: no pickle involved
+    assert len((tmp_path / "seen.jsonl").read_text().splitlines()) == 5
+    assert {w["dataset_state"]["position"] for w in state["_snapshot"]["_worker_snapshots"].values()} != {0}
+    resumed = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    seen = Counter(tuple(k) for line in (tmp_path / "seen.jsonl").read_text().splitlines() for k in json.loads(line))
+    assert seen == every_key(sets["webdataset"])  # 45 digits, each once: none lost, none repeated
+
+
+def test_a_stream_resumed_from_its_own_state_yields_the_rest_of_the_epoch(sets):
+    stream = ShardStream(sets["idx"], shuffle_window=12, seed=2)
+    stream.set_epoch(4)
+    whole = [key(*item) for item in stream]
+    reading = iter(stream)
+    head = [key(*next(reading)) for _ in range(17)]
+    state = json.loads(json.dumps(stream.state_dict()))
+    again = ShardStream(sets["idx"], shuffle_window=12, seed=2)
+    again.load_state_dict(state)
+    assert head + [key(*item) for item in again] == whole
+    with pytest.raises(ValueError, match="seed 2"):
+        ShardStream(sets["idx"], seed=3).load_state_dict(state)
 
 
 def test_the_webdataset_library_reads_the_tar_shards(sets):
@@ -160,15 +226,68 @@ def test_torchvisions_mnist_class_reads_the_idx_shards(sets, tmp_path):
     assert torch.equal(MNIST(str(tmp_path), train=False).data[0], digits[SHARD_SIZE][0][0])
 
 
-def test_a_two_process_launch_with_two_workers_each_sees_every_digit_once(sets, tmp_path):
-    script = REPO / "tests" / "read_stream_epoch.py"
-    proc = subprocess.run([*accelerate_launch(2), str(script), sets["idx"], str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+def test_a_two_process_ddp_loop_through_accelerate_prepare_sees_every_digit_with_equal_steps(sets, tmp_path):
+    # 5 shards, 2 ranks, 2 workers each; four ways of feeding a DDP model (tests/ddp_reader_loop.py).
+    launcher, env = torchrun_cpu(2)
+    proc = subprocess.run([*launcher, str(REPO / "tests" / "ddp_reader_loop.py"), sets["safetensors"], str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # a hung rank times out
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert [r["world_size"] for r in ranks] == [2, 2] and [r["stream_rank"] for r in ranks] == [0, 1]
-    per_rank = [Counter(tuple(k) for k in r["keys"]) for r in ranks]
-    assert all(per_rank) and per_rank[0] + per_rank[1] == every_key(sets["idx"])
+    assert [r["world_size"] for r in ranks] == [r["dist_world_size"] for r in ranks] == [2, 2]
+    expected = every_key(sets["safetensors"])
+    for way in ("stream-prepare", "stream-ddp", "map-sampler", "map-prepare"):
+        per_rank = [r["ways"][way] for r in ranks]
+        epochs = []
+        for epoch in range(2):
+            steps = [w["steps"][epoch] for w in per_rank]
+            assert steps[0] == steps[1] == per_rank[0]["len"] == per_rank[1]["len"], (way, steps)
+            seen = Counter(tuple(k) for w in per_rank for k in w["keys"][epoch])
+            assert set(seen) == set(expected), way  # no digit lost
+            extra = sum(seen.values()) - COUNT  # padding to equal batches: the only repeats
+            assert 0 <= extra < 2 * 4 and max(seen.values()) <= 2, (way, extra)
+            epochs.append([k for w in per_rank for k in w["keys"][epoch]])
+        assert epochs[0] != epochs[1], way  # a new order each epoch (persistent workers for stream-prepare)
+    # The stream's own split pads like DistributedSampler: ceil(45 / 2) = 23 digits per rank.
+    assert [r["ways"]["stream-ddp"]["stream_len"] for r in ranks] == [23, 23]
+    assert sum(len(k) for r in ranks for k in r["ways"]["stream-prepare"]["keys"][:1]) == 46
+
+
+def test_the_readers_follow_torchvision_conventions(sets):
+    from torchvision.transforms import v2
+
+    digits = ShardDataset(sets["safetensors"], dtype=torch.float32, target_transform=lambda y: y + 100)
+    image, label = digits[3]
+    raw = ShardDataset(sets["safetensors"])
+    assert image.dtype == torch.float32 and torch.equal(image, raw[3][0].float() / 255) and label == raw[3][1] + 100
+    assert digits.classes == [str(d) for d in range(10)] and torch.equal(digits.targets, raw.labels)
+    assert "Number of datapoints: 45" in repr(digits) and sets["safetensors"] in repr(digits)
+    normalized = ShardStream(sets["idx"], transform=v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                                                               v2.Normalize((0.5,), (0.5,))]))
+    image, _ = next(iter(normalized))
+    assert image.dtype == torch.float32 and -1 <= image.min() and image.max() <= 1
+    assert "rank 0 of 1" in repr(normalized) and "Per epoch: 45 items" in repr(normalized)
+    assert len(DataLoader(ShardStream(sets["idx"], batch_size=8), batch_size=8)) == 6
+
+
+def test_reader_errors_are_standard_exceptions_that_name_the_path(sets, tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a complete shard set: no manifest.json"):
+        ShardStream(str(tmp_path))
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'manifest.json'} is not a digit-job manifest"):
+        ShardDataset(str(tmp_path))
+    with pytest.raises(ValueError, match="dtype=torch.int32 is not allowed"):
+        ShardDataset(sets["idx"], dtype=torch.int32)
+    with pytest.raises(ValueError, match="shuffle_window=-1"):
+        ShardStream(sets["idx"], shuffle_window=-1)
+
+
+def test_importing_the_readers_loads_neither_accelerate_nor_the_models_nor_any_command():
+    code = ("import sys, time; t = time.perf_counter(); import job.readers; t = time.perf_counter() - t; "
+            "print(t, *sorted(m for m in sys.modules if m.split('.')[0] in ('accelerate', 'boto3', 'torchvision') "
+            "or m.startswith(('job.models', 'job.sample', 'job.train', 'job.evaluate', 'job.runtime'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1:] == [], out[1:]
+    print(f"import job.readers: {float(out[0]):.2f} s")
 
 
 @pytest.mark.s3
@@ -180,7 +299,7 @@ def test_an_s3_set_is_cached_once_for_the_map_style_dataset_and_streamed_without
     assert len(digits) == COUNT and len(list(cache.rglob("shard-*.safetensors"))) == 5
     assert Counter(key(*digits[i]) for i in range(COUNT)) == every_key(uri)
     before = set(tmp_path.rglob("*"))
-    streamed = Counter(key(*item) for item in ShardStream(uri, shuffle_buffer=10))
+    streamed = Counter(key(*item) for item in ShardStream(uri, shuffle_window=10))
     assert streamed == every_key(uri)
     assert set(tmp_path.rglob("*")) == before  # streamed: nothing written locally
     storage.delete(storage.join(uri, "shard-000000.safetensors"))  # the cached copy serves from now on
@@ -188,19 +307,11 @@ def test_an_s3_set_is_cached_once_for_the_map_style_dataset_and_streamed_without
 
 
 def test_the_readme_block_mixes_real_mnist_and_synthetic_digits_in_one_loader(sets):
-    import os
-    import re
-
-    from job import data, datasets
-
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Using the digits in your training"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    mnist = datasets.CATALOG["mnist"]
-    local = datasets.torchvision_root(datasets.dataset_folder(os.environ.get("DIGITS_DATA_DIR", "data"), mnist), mnist,
-                                      data.cache_dir())  # the MNIST/raw layout torchvision reads offline
-    block = (block.replace('"data"', repr(local)).replace('"runs/quickstart/digits"', repr(sets["safetensors"]))
-             .replace("    ...", "    break"))
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the second: real + synthetic
+    # As written, but with this test's set and one batch; mnist() reads $DIGITS_DATA_DIR (offline here).
+    block = block.replace('"runs/quickstart/digits"', repr(sets["safetensors"])).replace("    ...", "    break")
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (our own README's code)
     assert len(scope["loader"].dataset) == 60_000 + COUNT
