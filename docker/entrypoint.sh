@@ -30,6 +30,9 @@
 #                       hosted by node 0, which is told so (is_host) and reaches its own store
 #                       on 127.0.0.1, so it never waits for its own DNS record.
 #                       CPU nodes run one gloo process each.
+#   DIGITS_RDZV_READ_TIMEOUT  seconds a node waits for node 0's c10d store (default 600; torch's
+#                       own 60 is shorter than an image pull or a node scale-up)
+#   DIGITS_RDZV_JOIN_TIMEOUT  seconds the rendezvous waits for every node (default 1800)
 #   DIGITS_DRY_RUN=1    print the command instead of running it
 set -euo pipefail
 
@@ -92,9 +95,14 @@ if [ "$nnodes" -gt 1 ]; then
   [ -n "$host" ] || fail 2 "MASTER_ADDR is needed for multi-node training (node 0's DNS name)"
   is_host=0
   if [ "$rank" -eq 0 ]; then host=127.0.0.1; is_host=1; fi
+  # Node 0 can start long after the others (its image is pulled, its node scaled up): they
+  # wait for its store that long, and the rendezvous for every node longer still.
+  read_timeout=${DIGITS_RDZV_READ_TIMEOUT:-600} join_timeout=${DIGITS_RDZV_JOIN_TIMEOUT:-1800}
+  number DIGITS_RDZV_READ_TIMEOUT "$read_timeout"
+  number DIGITS_RDZV_JOIN_TIMEOUT "$join_timeout"
   launch+=(--num_machines "$nnodes" --machine_rank "$rank" --num_processes $((per_node * nnodes))
            --main_process_ip "$host" --main_process_port "${MASTER_PORT:-29500}"
-           --rdzv_backend c10d --rdzv_conf "is_host=$is_host")
+           --rdzv_backend c10d --rdzv_conf "is_host=$is_host,read_timeout=$read_timeout,join_timeout=$join_timeout")
 else
   launch+=(--num_machines 1 --num_processes "$per_node")
 fi

@@ -60,9 +60,13 @@ def _s3():
                 },
                 connect_timeout=float(os.environ.get("DIGITS_S3_CONNECT_TIMEOUT", "5")),
                 read_timeout=float(os.environ.get("DIGITS_S3_READ_TIMEOUT", "60")),
-                # Checksums on every upload; verified on download when the server sent one.
-                request_checksum_calculation="when_supported",
-                response_checksum_validation="when_supported",
+                # Checksums on every upload; verified on download when the server sent one. The
+                # SDK's own variables turn them down for stores that refuse the headers (GCS's
+                # S3 interoperability: scripts/submit.sh sets when_required for it).
+                request_checksum_calculation=os.environ.get("AWS_REQUEST_CHECKSUM_CALCULATION",
+                                                            "when_supported").lower(),
+                response_checksum_validation=os.environ.get("AWS_RESPONSE_CHECKSUM_VALIDATION",
+                                                            "when_supported").lower(),
                 max_pool_connections=32,
             )
             _client = boto3.session.Session().client("s3", config=cfg)

@@ -34,7 +34,9 @@ def test_hadolint_passes_at_the_warning_threshold(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_images_are_pinned_non_root_built_from_the_pyproject_and_carry_no_secrets(dockerfile):
     text = dockerfile.read_text()
-    bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))  # FROM ${ARG}: its default
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], b)
+             for b in re.findall(r"^FROM\s+(\S+)", text, re.M)]
     assert bases and all(":" in b and not b.endswith(":latest") for b in bases), bases
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert users and users[-1].split(":")[0] not in ("0", "root"), users
@@ -65,7 +67,7 @@ def test_both_images_have_the_same_python_base_and_writable_cache_and_data_folde
 
 
 def test_the_locks_pin_every_package_exactly():
-    for lock in ["requirements.lock", "requirements-cuda.lock"]:
+    for lock in ["requirements.lock", "requirements-cuda13.lock", "requirements-cuda12.lock"]:
         pins = [line for line in (REPO / "docker" / lock).read_text().splitlines() if line and not line.startswith("#")]
         assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^\s=]+", p) for p in pins), pins
 
@@ -75,7 +77,7 @@ def test_the_build_context_leaves_out_the_venv_runs_and_data():
     assert "*" in ignore  # deny everything by default, then allow what the image needs
     allowed = [line[1:] for line in ignore if line.startswith("!")]
     assert set(allowed) == {"pyproject.toml", "README.md", "job/", "docker/entrypoint.sh", "docker/requirements.lock",
-                            "docker/requirements-cuda.lock"}
+                            "docker/requirements-cuda13.lock", "docker/requirements-cuda12.lock"}
 
 
 # The entrypoint runs `python -m job.cpu_budget`: the venv's python, the repository's job.
@@ -129,7 +131,7 @@ def test_multi_node_uses_the_job_index_and_a_c10d_rendezvous():
     command = entrypoint(4, "train", NNODES="2", JOB_COMPLETION_INDEX="1", MASTER_ADDR="trainer-0.trainer")
     assert "--num_machines 2 --machine_rank 1 --num_processes 8" in command
     assert ("--main_process_ip trainer-0.trainer --main_process_port 29500 --rdzv_backend c10d "
-            "--rdzv_conf is_host=0") in command
+            "--rdzv_conf is_host=0,read_timeout=600,join_timeout=1800") in command
 
 
 def test_node_0_hosts_the_rendezvous_on_its_own_loopback_without_resolving_its_name():
@@ -191,6 +193,37 @@ def test_two_cpu_nodes_meet_through_the_entrypoint_and_train_as_one(tmp_path):
     world = json.loads((run_dir / "world.json").read_text())
     assert world["world_size"] == 2 and world["ranks_identical"]
     assert (run_dir / "generator.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_node_1_waits_for_a_node_0_that_starts_90_s_late_and_both_train(tmp_path):
+    """A pulled image or a scaled-up node can start pod 0 minutes after the others. Node 1
+    starts first and waits for node 0's c10d store (DIGITS_RDZV_READ_TIMEOUT, 600 s by
+    default; torch's own read_timeout is 60 s): 90 s later node 0 starts and both train.
+    Slow (about 2 minutes): run with -m slow."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PATH": PATH_WITH_VENV, "DIGITS_GPU_COUNT": "0", "NNODES": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    def start(rank: int) -> subprocess.Popen:
+        return subprocess.Popen(["bash", str(ENTRYPOINT), "train", "--config", "debug", "train.steps=4",
+                                 f"run.dir={run_dir}"], cwd=REPO, env={**env, "NODE_RANK": str(rank)},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    second = start(1)
+    time.sleep(90)
+    first = start(0)
+    try:
+        outputs = [node.communicate(timeout=300)[0] for node in (first, second)]
+    finally:
+        for node in (first, second):
+            node.kill()
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert json.loads((run_dir / "world.json").read_text())["world_size"] == 2
 
 
 def run_entrypoint(*args: str, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:

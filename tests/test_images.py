@@ -158,8 +158,8 @@ def train_run(image, s3, s3_server, pods: Pods, run: str, config: str, **start) 
 # ----------------------------------------------------------------------------- Jobs
 
 
-def test_the_data_job_stages_mnist_and_the_train_job_writes_checkpoints_and_the_generator_to_s3(image, s3, s3_server,
-                                                                                               pods):
+def test_the_data_job_stages_mnist_the_train_job_writes_the_generator_and_the_evaluate_job_its_report(image, s3,
+                                                                                                     s3_server, pods):
     stage_mnist(image, s3, s3_server, pods, "r1")
     _, pod = train_run(image, s3, s3_server, pods, "r1", train_yaml(steps=20, log_every=5, checkpoint_every=10))
     assert pod.wait(300) == 0, pod.logs()
@@ -173,6 +173,14 @@ def test_the_data_job_stages_mnist_and_the_train_job_writes_checkpoints_and_the_
     threads = int(re.search(r"CPU, (\d+) threads", log).group(1))
     assert threads <= (os.cpu_count() or 1)
     assert "\r" not in log, "pod logs get plain lines, no carriage-return bar"
+
+    # The evaluate Job scores that generator against the staged MNIST and writes its report.
+    cluster = render(image, "cpu", "evaluate", "r1", s3[1], s3_server)
+    cluster.set_config_file("digit-job-config", "evaluate.yaml", "n: 500\ntstr:\n  n: 500\n  epochs: 1\n")
+    pod = pods.start(cluster, cluster.job("digit-evaluate"))
+    assert pod.wait(600) == 0, pod.logs()[-3000:]
+    report = json.loads(read(s3, "digits/runs/r1/eval/report.json"))
+    assert report and "digits/runs/r1/eval/report.md" in keys(s3, "digits/runs/r1/eval/")
 
 
 def test_a_bad_config_exits_2_and_a_dead_endpoint_exits_3_as_the_pods_exit_code(image, s3, s3_server, pods):
@@ -216,7 +224,7 @@ def test_podman_stop_saves_a_checkpoint_and_the_same_pod_resumes_with_no_gap(ima
 
 
 def multinode(image, s3, s3_server, run: str, steps: int) -> tuple[Cluster, dict, dict[str, str]]:
-    cluster = render(image, "cpu", "train-multinode", run, s3[1], s3_server)
+    cluster = render(image, "cpu", "train-multinode-job", run, s3[1], s3_server)
     cluster.set_config_file("digit-job-config", "train.yaml", train_yaml(steps=steps))
     job = cluster.job("digit-train-mn")
     name = job["metadata"]["name"]
