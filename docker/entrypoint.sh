@@ -20,9 +20,9 @@
 #   DIGITS_NUM_PROCESSES  processes in this container (default: one per GPU, one on CPU);
 #                       several on CPU are gloo processes sharing the container's threads
 #   DIGITS_REQUIRE_GPU  1: no usable GPU is an error (exit 4), never a silent CPU run
-#   DIGITS_PRECISION    train.mixed_precision for `train` (auto, no, bf16, fp16), unless the
-#                       arguments set it already; unset: the job's own default, auto (bf16
-#                       where the GPU or CPU computes it natively, else fp32)
+#   DIGITS_PRECISION    train.precision for `train` (auto, fp32, tf32, bf16, fp16), unless the
+#                       arguments set it already; unset: the job's own default, auto (measured
+#                       on a CPU, bf16 on GPUs that compute it natively)
 #   OMP_NUM_THREADS     CPU threads for the whole container (Kubernetes: from limits.cpu);
 #                       else the cgroup CPU quota. Shared between the processes.
 #   NNODES, NODE_RANK (else JOB_COMPLETION_INDEX), MASTER_ADDR, MASTER_PORT
@@ -70,8 +70,8 @@ threads=$(python -m job.cpu_budget)
 per_process=$((threads / per_node > 0 ? threads / per_node : 1))
 
 args=("$@")
-if [ -n "${DIGITS_PRECISION:-}" ] && [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -q '^train\.mixed_precision='; then
-  args+=("train.mixed_precision=$DIGITS_PRECISION")
+if [ -n "${DIGITS_PRECISION:-}" ] && [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -qE '^train\.(mixed_)?precision='; then
+  args+=("train.precision=$DIGITS_PRECISION")
 fi
 where="$gpus GPU(s)"
 [ "$gpus" -eq 0 ] && where="no GPU ($why_no_gpu): CPU, $per_process threads"

@@ -90,6 +90,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
+    RENAMED = {"mixed_precision": "precision"}  # old key -> the key it sets now (not a field)
+
     # Optimizer steps to train in total (a resumed run stops at the same step).
     steps: int = _bounded(5000, min=1)
     # Images per process per step (the global batch is this times the number of processes).
@@ -106,10 +108,11 @@ class TrainConfig:
     beta2: float = _bounded(0.999, min=0.0, max=1.0)
     # Decay of the exponential moving average of G that is sampled and exported.
     ema_decay: float = _bounded(0.999, min=0.0, max=1.0)
-    # Autocast precision. auto: bf16 where the device computes it natively (GPUs with bf16;
-    # CPUs with AMX-BF16 or AVX512-BF16), else no (fp32); the first lines say which and why.
-    # fp16 uses one GradScaler per optimizer; on a CPU it falls back to fp32.
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    # Precision (train.mixed_precision is its old name). auto: on a CPU, measured (a second
+    # or two of training steps in fp32 and bf16, cached per CPU, model and batch size); on a
+    # GPU bf16 where it is native. fp32 (or no): fp32, TF32 off; tf32: TF32 matmuls on GPUs;
+    # fp16: one GradScaler per optimizer, fp32 on a CPU. The first lines say which and why.
+    precision: Literal["auto", "fp32", "no", "tf32", "bf16", "fp16"] = "auto"
     # Keep activations channels-last (NHWC): faster convolutions on CPUs and tensor cores.
     channels_last: bool = True
     # Every N steps: one metrics.jsonl line, a sample grid PNG, a checkpoint.
@@ -246,10 +249,11 @@ class SampleJob:
     # Digits per forward pass (a shard is generated in chunks of this many). 1024 keeps
     # a CPU run near 1 GB; on a GPU use 8192 or more.
     batch_size: int = _bounded(1024, min=1, max=1_000_000)
-    # Autocast for the forward pass: no (fp32), bf16, or auto: bf16 where the device
-    # computes it natively (see train.mixed_precision). The bytes depend on it, so it is part
-    # of the plan: a worker or a rerun of an `out` that already has a plan takes the plan's.
-    precision: Literal["auto", "no", "bf16"] = "auto"
+    # Precision of the forward pass: fp32 (or no), tf32 (GPUs), bf16, or auto: on a CPU
+    # measured (the generator's forward in fp32 and bf16 at this batch size, cached), on a GPU
+    # bf16 where native (see train.precision). The bytes depend on it, so it is part of the
+    # plan: a worker or a rerun of an `out` that already has a plan takes the plan's.
+    precision: Literal["auto", "fp32", "no", "tf32", "bf16"] = "auto"
     # Threads that encode and upload shards while the device generates the next ones.
     writers: int = _bounded(2, min=1, max=64)
     # Shards generated but not yet written, at most (bounds memory: not `count`).
@@ -376,9 +380,9 @@ class EvaluateJob:
     seed: int = _bounded(0, min=0, max=2**63 - 1)
     # Digits per forward pass.
     batch_size: int = _bounded(1000, min=1, max=1_000_000)
-    # Autocast while generating the digits to score (see sample precision=); the classifier
+    # Precision while generating the digits to score (see sample precision=); the classifier
     # that scores them always runs in fp32, so reports from any machine compare.
-    precision: Literal["auto", "no", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "no", "tf32", "bf16"] = "auto"
 
     def check(self) -> None:
         check_data(self.data)
@@ -547,6 +551,11 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool,
     of every value set and `where` it came from."""
     fields = _fields(obj)
     name = path[0]
+    renamed = getattr(type(obj), "RENAMED", {}).get(name)  # an old key name, still accepted
+    if renamed is not None:
+        prefix = full_key[: len(full_key) - len(".".join(path))]
+        name, path = renamed, [renamed, *path[1:]]
+        full_key = prefix + ".".join(path)
     if name not in fields:
         prefix = full_key[: len(full_key) - len(".".join(path))]
         valid = ", ".join(prefix + k for k in fields)

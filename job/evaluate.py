@@ -316,8 +316,11 @@ def main(cfg: config.EvaluateJob) -> int:
     _check_augment(cfg, subject, classifier.num_classes)
     baseline = _read_baseline(cfg, classifier)
 
-    acc, precision = runtime.make_accelerator(cfg.precision)
+    acc, precision = runtime.make_accelerator(cfg.precision, deterministic=True)
     device = acc.device
+    if subject.generator is not None:
+        precision = sample.generation_precision(cfg.precision, subject.generator, subject.record, cfg.batch_size, acc)
+        precision.apply()
     if not acc.is_main_process:  # one process does the whole evaluation
         acc.wait_for_everyone()
         return 0

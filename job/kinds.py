@@ -26,7 +26,7 @@ CLASSIFIER_FILE = "classifier.safetensors"
 AUTOENCODER_FILE = "autoencoder.safetensors"
 
 # What every kind trained in steps reads (the Trainer loop's own keys).
-LOOP_KEYS = ("train.steps", "train.batch_size", "train.mixed_precision", "train.channels_last", "train.log_every",
+LOOP_KEYS = ("train.steps", "train.batch_size", "train.precision", "train.channels_last", "train.log_every",
              "train.checkpoint_every", "train.keep_checkpoints", "train.progress")
 ADAMW_KEYS = ("train.lr", "train.weight_decay", "train.augment")
 

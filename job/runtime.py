@@ -27,8 +27,11 @@ from job.precision import Precision, resolve
 COLLECTIVE_TIMEOUT_S = 600
 
 
-def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision]:
-    """Build the Accelerator for this process. Returns (accelerator, precision).
+def make_accelerator(requested_precision: str, deterministic: bool = False) -> tuple[Accelerator, Precision]:
+    """Build the Accelerator for this process. Returns (accelerator, precision): the
+    precision as far as it is known without measuring (precision.choose measures CPU auto).
+    deterministic: no cuDNN autotuning, whose kernel choice can vary from run to run (sampling
+    and evaluation, where the bytes must depend on the plan alone).
 
     Without CUDA, Accelerator must be told cpu=True: otherwise a 2-process launch quietly
     runs two unrelated single-process jobs instead of one gloo job.
@@ -54,10 +57,10 @@ def make_accelerator(mixed_precision: str) -> tuple[Accelerator, Precision]:
             threads = max(1, threads // local)
         torch.set_num_threads(threads)
     if cuda:
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return accelerator, resolve(mixed_precision, accelerator.device)
+        torch.backends.cudnn.benchmark = not deterministic
+    precision = resolve(requested_precision, accelerator.device)
+    precision.apply()  # TF32 only when asked for: fp32 means fp32
+    return accelerator, precision
 
 
 def describe(accelerator: Accelerator, precision: Precision) -> str:

@@ -36,7 +36,8 @@ import torch
 from job import checkpoint, config, console, data, logs, runtime, scoring, shards, storage
 from job.errors import BadInput
 from job.models import load_generator
-from job.precision import Precision, display_name, resolve
+from job.precision import Precision, display_name
+from job.precision import choose as precision_choice
 from job.preemption import Preempted, StopSignals
 from job.shard_sets import MANIFEST
 
@@ -64,6 +65,9 @@ class Plan:
     strings: dict | None = None  # layout=strings: config.StringsConfig as a dict
     text: str | None = None  # layout=strings: the one text of every image
     texts_sha256: str = ""  # layout=strings: sha256 of the texts= file (a changed file is another job)
+    # The bytes depend on the device kind (CPU and GPU kernels round differently), not on
+    # batch_size or the number of workers (tests/test_precision.py shows both).
+    device: str = "cpu"
 
     def string_layout(self):
         from job import strings
@@ -118,7 +122,7 @@ def generate(G, z: torch.Tensor, labels: torch.Tensor, batch: int, device: torch
     for start in range(0, z.shape[0], batch):
         zc = z[start : start + batch].to(device, non_blocking=True)
         yc = labels[start : start + batch].to(device, non_blocking=True) if G.num_classes else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with Precision(precision, device.type).autocast():  # the one autocast policy (job.precision)
             x = G(zc, yc)
         pixels = data.to_pixels(x)
         out[start : start + batch].copy_(pixels, non_blocking=True)
@@ -426,14 +430,37 @@ def _recorded_plan(out: str) -> dict | None:
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
 
 
-def _precision_for(cfg: config.SampleJob, device: torch.device, recorded: dict | None) -> Precision:
+def generation_precision(requested: str, G: torch.nn.Module, info: dict, batch: int, acc) -> Precision:
+    """The precision to generate in: `requested`, where auto on a CPU is measured (G's forward
+    at this batch size in fp32 and bf16, on the main process, shared with the others; cached
+    per CPU, generator and batch size). Used by sample and evaluate."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(batch, G.latent_dim, generator=g)
+    y = torch.randint(0, max(G.num_classes, 1), (batch,), generator=g)
+
+    def probe(p: Precision) -> None:
+        generate(G, z, y, batch, acc.device, p.mode)
+
+    def share(result):
+        from accelerate.utils import broadcast_object_list
+
+        box = [result]
+        if acc.num_processes > 1:
+            broadcast_object_list(box)
+        return box[0]
+
+    key = {"command": "generate", "model": {k: info.get(k) for k in ("kind", "arch", "kwargs")}, "batch_size": batch}
+    return precision_choice(requested, acc.device, probe, batch, key, measure_here=acc.is_main_process, share=share)
+
+
+def _precision_for(cfg: config.SampleJob, inputs: _Inputs, acc, recorded: dict | None) -> Precision:
     """The precision shards are generated in. auto follows a plan already in `out` (written
     by another worker or an earlier run, perhaps on other hardware), so every shard of a set
-    is made in one precision and a rerun stays byte-identical; else the device decides."""
-    if cfg.precision == "auto" and recorded is not None and recorded.get("precision") in ("no", "bf16"):
+    is made in one precision and a rerun stays byte-identical; else this machine decides."""
+    if cfg.precision == "auto" and recorded is not None and recorded.get("precision") in ("no", "tf32", "bf16"):
         mode = recorded["precision"]
-        return Precision(mode, device.type, f"auto: the plan already in {cfg.out} is {display_name(mode)}")
-    return resolve(cfg.precision, device)
+        return Precision(mode, acc.device.type, f"auto: the plan already in {cfg.out} is {display_name(mode)}")
+    return generation_precision(cfg.precision, inputs.generator, inputs.info, cfg.batch_size, acc)
 
 
 def _check_one_precision(out: str, records: list[dict], planned: str) -> None:
@@ -455,7 +482,8 @@ def _check_plan(out: str, plan: Plan, saved: dict | None) -> bool:
     mine = asdict(plan)
     # Fields added in later versions compare with their default when a plan lacks them.
     defaults = {f.name: f.default for f in fields(Plan) if f.default is not MISSING}
-    diff = [k for k in mine if saved.get(k, defaults.get(k)) != mine[k]]
+    # A plan written before the device was recorded is taken as made here.
+    diff = [k for k in mine if saved.get(k, defaults.get(k) if k != "device" else mine[k]) != mine[k]]
     if diff:
         raise BadInput(
             f"{out} already holds shards of a different sampling job ({', '.join(diff)} differ): "
@@ -530,11 +558,36 @@ def _read_inputs(cfg: config.SampleJob) -> _Inputs:
     return _Inputs(G, info, checkpoint.sha256(raw), texts, texts_sha256, classifier, classifier_sha256)
 
 
-def _make_plan(cfg: config.SampleJob, inputs: _Inputs, device: torch.device) -> tuple[Plan, Precision, bool]:
-    """Phase 2: the plan of the whole shard set (its precision follows a plan already in
-    `out`), checked against a recorded one. Returns (plan, precision, whether it is recorded)."""
+def _wait_for_plan(cfg: config.SampleJob, pod: int) -> dict | None:
+    """precision=auto is decided once per set: by pod 0, which measures and writes the plan.
+    The other pods of an Indexed Job wait for that plan (up to $DIGITS_PLAN_WAIT_S, 600 s)
+    rather than measure on their own: measurements on the same hardware can fall either side
+    of the margin, and shards of two precisions cannot make one set. Pods that find a plan,
+    and runs with an explicit precision, do not wait."""
     recorded = _recorded_plan(cfg.out)
-    precision = _precision_for(cfg, device, recorded)
+    if recorded is not None or cfg.precision != "auto" or pod == 0:
+        return recorded
+    wait_s = float(os.environ.get("DIGITS_PLAN_WAIT_S", "600"))
+    deadline = time.monotonic() + wait_s
+    if wait_s > 0:
+        console.say(f"worker pod {pod}: waiting up to {wait_s:.0f} s for pod 0's plan (precision=auto is measured "
+                    f"once per set, by pod 0)")
+    while recorded is None and time.monotonic() < deadline:
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        recorded = _recorded_plan(cfg.out)
+    if recorded is None and wait_s > 0:
+        console.warn(f"no plan from pod 0 after {wait_s:.0f} s: measuring here; if pod 0 picks another precision, "
+                     "the set is refused before its manifest (pass precision= to every pod to avoid that)")
+    return recorded
+
+
+def _make_plan(cfg: config.SampleJob, inputs: _Inputs, acc, pod: int) -> tuple[Plan, Precision, bool]:
+    """Phase 2: the plan of the whole shard set (its precision follows a plan already in
+    `out`, or pod 0's), checked against a recorded one. Returns (plan, precision, whether it
+    is recorded)."""
+    recorded = _wait_for_plan(cfg, pod)
+    precision = _precision_for(cfg, inputs, acc, recorded)
+    precision.apply()
     G = inputs.generator
     plan = Plan(
         generator_sha256=inputs.sha256, generator_info=inputs.info, count=cfg.count, shard_size=cfg.shard_size,
@@ -543,7 +596,7 @@ def _make_plan(cfg: config.SampleJob, inputs: _Inputs, device: torch.device) -> 
         image_shape=list(G.output_shape),
         min_confidence=cfg.min_confidence, classifier_sha256=inputs.classifier_sha256,
         layout=cfg.layout, strings=asdict(cfg.strings) if cfg.layout == "strings" else None,
-        text=cfg.text, texts_sha256=inputs.texts_sha256,
+        text=cfg.text, texts_sha256=inputs.texts_sha256, device=acc.device.type,
     )
     return plan, precision, _check_plan(cfg.out, plan, recorded)
 
@@ -587,9 +640,9 @@ def _generate(cfg: config.SampleJob, plan: Plan, inputs: _Inputs, G: torch.nn.Mo
 def main(cfg: config.SampleJob) -> int:
     inputs = _read_inputs(cfg)
     # The Accelerator places this process; the sampling precision is the plan's, not its own.
-    acc, _ = runtime.make_accelerator("no")
-    plan, precision, plan_recorded = _make_plan(cfg, inputs, acc.device)
+    acc, _ = runtime.make_accelerator("no", deterministic=True)
     pod, pods = _pods(cfg)
+    plan, precision, plan_recorded = _make_plan(cfg, inputs, acc, pod)
 
     G = inputs.generator.to(acc.device)
     keep = None

@@ -57,6 +57,9 @@ class AutoencoderTrainer(Trainer):
     def prepare(self) -> None:
         self.net = self.prepare_adamw("autoencoder")
 
+    def precision_probe(self):
+        return self.adamw_probe("autoencoder", autoencoder_step, targets=lambda net, labels: net.templates[labels])
+
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         images, labels = self.batch(step)

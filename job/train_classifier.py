@@ -43,6 +43,9 @@ class ClassifierTrainer(Trainer):
     def prepare(self) -> None:
         self.net = self.prepare_adamw("classifier")
 
+    def precision_probe(self):
+        return self.adamw_probe("classifier", classifier_step)
+
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         t = self.cfg.train
         images, labels = self.batch(step)

@@ -46,6 +46,23 @@ class GanTrainer(Trainer):
         self.scalers = {"g": self.precision.scaler(), "d": self.precision.scaler()}
         self.fixed_z, self.fixed_labels = self._fixed_noise()
 
+    def precision_probe(self):
+        t = self.cfg.train
+        fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+        G = copy.deepcopy(self.modules["generator"]).to(device=self.device, memory_format=fmt)
+        D = copy.deepcopy(self.modules["discriminator"]).to(device=self.device, memory_format=fmt)
+        opt_g = adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+        opt_d = adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+        real, labels = self.probe_inputs()
+        g = torch.Generator(device=self.device).manual_seed(0)
+        z = torch.randn(t.batch_size, self.cfg.model.latent_dim, generator=g, device=self.device)
+        conditional = labels if self.num_classes else None
+
+        def probe(p) -> None:
+            gan_step(G, D, opt_g, opt_d, p.scaler(), p.scaler(), p, real, conditional, z, conditional)
+
+        return probe
+
     def _noise(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """z and fake labels of (seed, rank, step)."""
         gen = self.reseed_noise(step)

@@ -76,11 +76,9 @@ class Trainer:
         storage.check_writable(cfg.run.dir)
         resume_from = resolve_resume(cfg)
 
-        self.acc, self.precision = runtime.make_accelerator(cfg.train.mixed_precision)
+        self.acc, self.precision = runtime.make_accelerator(cfg.train.precision)
         acc = self.acc
         self.device = acc.device
-        console.say0(acc, f"{cfg.model.kind} on {runtime.describe(acc, self.precision)}")
-        console.say0(acc, f"writing to {cfg.run.dir}")
 
         split = data.load_split(cfg.data, train=True, device=self.device)
         self.images, self.labels, self.dataset_classes = split.images, split.labels, split.num_classes
@@ -92,6 +90,9 @@ class Trainer:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.scalers: dict[str, torch.amp.GradScaler] = {}
         self.build()
+        self.precision = self._measured_precision()
+        console.say0(acc, f"{cfg.model.kind} on {runtime.describe(acc, self.precision)}")
+        console.say0(acc, f"writing to {cfg.run.dir}")
 
         self.start_step = 0
         loaded = None
@@ -116,6 +117,60 @@ class Trainer:
                 len(self.images), cfg.train.batch_size, acc.process_index, acc.num_processes, cfg.seed, self.device
             )
         self.noise = torch.Generator(device=self.device)
+
+    def _measured_precision(self):
+        """precision=auto on a CPU: the kind's probe measured on the main process (or its
+        cached result), the choice broadcast so that every rank computes alike."""
+        from accelerate.utils import broadcast_object_list
+
+        from job import precision
+
+        probe = self.precision_probe()
+        if probe is None:
+            return self.precision
+        m, t = self.cfg.model, self.cfg.train
+        key = {"command": "train", "kind": m.kind, "model": config.to_dict(self.cfg)["model"],
+               "batch_size": t.batch_size, "channels_last": t.channels_last, "image_size": self.images.shape[-1]}
+
+        def share(result):
+            box = [result]
+            if self.acc.num_processes > 1:
+                broadcast_object_list(box)
+            return box[0]
+
+        return precision.choose(self.cfg.train.precision, self.device, probe, t.batch_size, key,
+                                measure_here=self.acc.is_main_process, share=share)
+
+    def precision_probe(self):
+        """One training step of copies of this kind's networks on a batch of real images, as
+        a callable(precision) for `precision=auto` to time; None: the kind has no probe (fp32
+        or bf16 then follow the device's flags)."""
+        return None
+
+    def probe_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of real images (model input) and labels for a probe, drawn with its own
+        generator: the run's random streams are left untouched."""
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, len(self.images), (self.cfg.train.batch_size,), generator=g).to(self.device)
+        real = data.to_model_input(self.images[idx], self.cfg.data.image_size, self.cfg.train.channels_last)
+        return real, self.labels[idx]
+
+    def adamw_probe(self, name: str, step_fn, targets=None):
+        """A probe for a one-network kind trained with AdamW by `step_fn` (classifier_step,
+        autoencoder_step): a copy of the network, its own optimizer."""
+        import copy
+
+        t = self.cfg.train
+        fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+        net = copy.deepcopy(self.modules[name]).to(device=self.device, memory_format=fmt).train()
+        optimizer = adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        images, labels = self.probe_inputs()
+        goal = labels if targets is None else targets(net, labels)
+
+        def probe(p) -> None:
+            step_fn(net, optimizer, p.scaler(), p, images, goal, t.lr)
+
+        return probe
 
     # ------------------------------------------------------------------ for subclasses
 

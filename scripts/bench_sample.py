@@ -16,6 +16,7 @@ Writes bench-results/sample-<device>.json.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -57,7 +58,9 @@ def run_sample(args: list[str], env: dict | None = None) -> dict:
     if code != 0:
         raise SystemExit(f"sampling failed:\n{output}")
     rate = float(re.search(r"([\d.]+) digits/s", output).group(1))
-    return {"digits_per_s": round(rate, 1), "wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1)}
+    chose = re.search(r"precision=(\S+) \(([^)]*)\)", output)
+    return {"digits_per_s": round(rate, 1), "wall_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20, 1),
+            "chose": f"{chose.group(1)} ({chose.group(2)})" if chose else None}
 
 
 def main() -> None:
@@ -85,15 +88,23 @@ def main() -> None:
               f"bf16 {bare_bf16:.0f} digits/s", flush=True)
         common = [f"generator={gen}", f"count={args.count}", f"shard_size={args.shard_size}",
                   f"batch_size={args.batch}"]
+        # auto measures in a cache of its own, so this run decides (not an earlier one).
+        auto_env = {**os.environ, "DIGITS_CACHE_DIR": str(tmp / "cache")}
         for fmt, mode, reference in [("safetensors", "no", bare), ("safetensors", "bf16", bare_bf16),
+                                     ("safetensors", "auto", max(bare, bare_bf16)),
                                      ("webdataset", "no", bare), ("idx", "no", bare)]:
             name = display_name(mode)
-            r = run_sample([*common, f"out={tmp / (fmt + '-' + name)}", f"format={fmt}", f"precision={mode}"])
+            r = run_sample([*common, f"out={tmp / (fmt + '-' + name)}", f"format={fmt}", f"precision={mode}"],
+                           env=auto_env)
             r.update(target="local", format=fmt, precision=name, count=args.count,
                      vs_bare=round(r["digits_per_s"] / reference, 3))
             results["runs"].append(r)
-            print(f"local {fmt:12s} {name:5s} {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare {name}), "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            chose = f" (auto chose {r['chose']})" if mode == "auto" else ""
+            print(f"local {fmt:12s} {name:5s} {r['digits_per_s']:9.0f} digits/s ({r['vs_bare']:.0%} of bare "
+                  f"{name}){chose}, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        fixed = {r["precision"]: r["digits_per_s"] for r in results["runs"] if r["format"] == "safetensors"}
+        results["auto_vs_faster_fixed"] = round(fixed["auto"] / max(fixed["fp32"], fixed["bf16"]), 3)
+        print(f"auto: {results['auto_vs_faster_fixed']:.0%} of the faster fixed precision", flush=True)
         if not args.no_s3:
             import s3_local
 

@@ -37,7 +37,7 @@ def test_data_root_defaults_to_the_environment(monkeypatch):
         (["train.stepz=3"], "unknown config key 'train.stepz': valid keys here are train.steps"),
         (["train.steps=ten"], "train.steps='ten' has the wrong type: expected int"),
         (["train.batch_size=-4"], "train.batch_size=-4 is out of range: must be between 1 and 65536"),
-        (["train.mixed_precision=fp8"], "use one of auto, no, bf16, fp16"),
+        (["train.precision=fp8"], "use one of auto, fp32, no, tf32, bf16, fp16"),
         (["train=3"], "train is a section, not a value"),
         (["steps"], "is not key=value"),
         (["model.arch=dcgan64", "data.image_size=28"], "does not fit model.arch=dcgan64 (64x64 only)"),

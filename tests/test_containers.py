@@ -103,9 +103,11 @@ def test_one_gpu_runs_one_process_directly_and_leaves_precision_to_the_job():
 
 
 def test_digits_precision_sets_the_training_precision_unless_the_arguments_do():
-    assert entrypoint(1, "train", DIGITS_PRECISION="fp16").endswith("train.mixed_precision=fp16")
-    explicit = entrypoint(1, "train", "train.mixed_precision=no", DIGITS_PRECISION="fp16")
-    assert explicit.endswith("train train.mixed_precision=no") and "fp16" not in explicit
+    assert entrypoint(1, "train", DIGITS_PRECISION="fp16").endswith("train.precision=fp16")
+    explicit = entrypoint(1, "train", "train.precision=fp32", DIGITS_PRECISION="fp16")
+    assert explicit.endswith("train train.precision=fp32") and "fp16" not in explicit
+    old_name = entrypoint(1, "train", "train.mixed_precision=no", DIGITS_PRECISION="fp16")
+    assert old_name.endswith("train train.mixed_precision=no") and "fp16" not in old_name
 
 
 def test_several_cpu_processes_share_the_containers_threads():
@@ -116,9 +118,9 @@ def test_several_cpu_processes_share_the_containers_threads():
 
 
 def test_four_gpus_run_four_ddp_processes_and_keep_an_explicit_precision():
-    command = entrypoint(4, "train", "--config", "quickstart", "train.mixed_precision=fp16")
+    command = entrypoint(4, "train", "--config", "quickstart", "train.precision=fp16")
     assert "--multi_gpu --num_machines 1 --num_processes 4" in command
-    assert command.endswith("-m job train --config quickstart train.mixed_precision=fp16")
+    assert command.endswith("-m job train --config quickstart train.precision=fp16")
     assert "bf16" not in command.split("-m job")[1]
 
 

@@ -12,7 +12,7 @@ from conftest import accelerate_launch, read_metrics, run_job
 @pytest.mark.parametrize("precision", ["auto", "bf16"])
 def test_two_process_launch_has_world_size_2_and_identical_weights_on_both_ranks(tmp_path, precision):
     run_dir = tmp_path / "run"
-    proc = run_job("train", "--config", "debug", f"run.dir={run_dir}", f"train.mixed_precision={precision}",
+    proc = run_job("train", "--config", "debug", f"run.dir={run_dir}", f"train.precision={precision}",
                    launcher=accelerate_launch(2))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "world_size=2" in proc.stdout

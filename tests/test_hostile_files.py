@@ -232,7 +232,7 @@ def test_a_yaml_python_tag_is_refused_and_never_executed(tmp_path, capsys):
 KNOWN_KEYS = ["seed", "resume", "data.name", "data.root", "data.image_size", "data.channels", "model.kind",
               "model.arch", "model.conditional", "model.latent_dim", "model.g_width", "model.width", "model.font",
               "model.pixel_noise", "train.steps", "train.batch_size", "train.lr", "train.mixed_precision",
-              "train.log_every", "run.dir", "bogus", "train.bogus", "model", "data.name.deeper"]
+              "train.precision", "train.log_every", "run.dir", "bogus", "train.bogus", "model", "data.name.deeper"]
 YAML_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats(allow_nan=True)
     | st.text(max_size=20),

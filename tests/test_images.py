@@ -260,6 +260,44 @@ def test_a_killed_peer_makes_pod_0_exit_5_within_a_bounded_time_with_one_line(im
     assert any("lost contact with another process" in line for line in error_lines(first.logs())), first.logs()[-2000:]
 
 
+def test_sigterm_to_one_pod_of_a_multi_node_run_stops_both_with_codes_the_policy_ignores_and_a_rerun_resumes(
+        image, s3, s3_server, pods):
+    # What a spot reclaim of one node does: only that pod gets SIGTERM (and DisruptionTarget).
+    stage_mnist(image, s3, s3_server, pods, "spot")
+    steps = 400
+    cluster, job, dns = multinode(image, s3, s3_server, "spot", steps=steps)
+    first = pods.start(cluster, job, 0)
+    second = pods.start(cluster, job, 1, hosts=dns)
+    wait_for(lambda: len(metrics(s3, "spot")) >= 2, 300, "training on 2 nodes", [first, second])
+    codes = [second.stop(), first.wait(180)]
+    # The Indexed Job's podFailurePolicy (and the JobSet's child Jobs') ignores both codes.
+    ignored = {r for rule in job["spec"]["podFailurePolicy"]["rules"] if rule["action"] == "Ignore"
+               for r in rule.get("onExitCodes", {}).get("values", [])}
+    assert set(codes) <= ignored, (codes, first.logs()[-2000:], second.logs()[-2000:])
+    checkpoints = [k for k in keys(s3, "digits/runs/spot/checkpoints/") if k.endswith("meta.json")]
+    assert checkpoints, "a complete checkpoint before the pods went"
+    # The Job recreates both pods: they meet again and resume from that checkpoint.
+    again = [pods.start(cluster, job, 1, hosts=dns), pods.start(cluster, job, 0)]
+    assert again[1].wait(600) == 0, again[1].logs()[-3000:]
+    assert again[0].wait(60) == 0, again[0].logs()[-3000:]
+    assert "resuming from" in again[1].logs()
+    assert [m["step"] for m in metrics(s3, "spot")] == list(range(10, steps + 1, 10)), "each logged step once"
+
+
+def test_a_cpu_limit_of_one_gives_the_job_one_thread(image, s3, s3_server, pods):
+    stage_mnist(image, s3, s3_server, pods, "one")
+    cluster = render(image, "cpu", "train", "one", s3[1], s3_server)
+    cluster.set_config_file("digit-job-config", "train.yaml", train_yaml(steps=2, log_every=1))
+    job = cluster.job("digit-train")
+    job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "1"
+    job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "1"
+    pod = pods.start(cluster, job)
+    assert pod.wait(300) == 0, pod.logs()[-3000:]
+    # The default limit (8, capped at this machine's cores) gives more where there are cores to
+    # give (test_the_data_job_...): this can fail.
+    assert re.search(r"CPU, 1 threads", pod.logs()), pod.logs()[-2000:]
+
+
 def test_the_sampling_indexed_job_survives_a_killed_index_and_writes_every_shard_once(image, s3, s3_server, pods):
     stage_mnist(image, s3, s3_server, pods, "smp")
     _, trained = train_run(image, s3, s3_server, pods, "smp", train_yaml(steps=10, log_every=5))

@@ -56,9 +56,9 @@ def test_resume_continues_the_same_loss_curve(full_run, tmp_path):
 
 def test_resume_under_bf16_autocast_continues_the_same_loss_curve(tmp_path):
     full_run, run_dir = tmp_path / "full", tmp_path / "run"
-    assert train(full_run, "train.mixed_precision=bf16") == 0
-    assert train(run_dir, "train.mixed_precision=bf16", "train.steps=3") == 0
-    assert train(run_dir, "train.mixed_precision=bf16") == 0
+    assert train(full_run, "train.precision=bf16") == 0
+    assert train(run_dir, "train.precision=bf16", "train.steps=3") == 0
+    assert train(run_dir, "train.precision=bf16") == 0
     assert_resumed_run_matches(run_dir, full_run)
 
 
@@ -138,7 +138,7 @@ def test_an_unconditional_64_pixel_model_trains(tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     run_dir = tmp_path / "run"
-    assert train(run_dir, "train.mixed_precision=bf16", "train.steps=2") == 0
+    assert train(run_dir, "train.precision=bf16", "train.steps=2") == 0
     assert all(m["loss_d"] == m["loss_d"] for m in read_metrics(run_dir))  # not NaN
 
 
