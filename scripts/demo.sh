@@ -19,6 +19,6 @@ case $status in
   2) echo "demo: exit 2: bad input, nothing written (the line above says what to change)" >&2 ;;
   3) echo "demo: exit 3: storage unreachable (the line above names the endpoint)" >&2 ;;
   130|143) echo "demo: exit $status: stopped; run the same command to resume" >&2 ;;
-  *) echo "demo: exit $status (README: What happens when...)" >&2 ;;
+  *) echo "demo: exit $status (docs/reliability.md: what happens when...)" >&2 ;;
 esac
 exit "$status"
