@@ -7,7 +7,8 @@
 #
 # The pod's exit code is the job's own (Kubernetes' podFailurePolicy reads it): 0 done,
 # 2 bad input, 3 storage unreachable, 4 GPUs required but none usable, 5 a peer process went
-# away, 130/143 stopped by SIGINT/SIGTERM after saving a checkpoint.
+# away, 6 the local file system refused a write, 130/143 stopped by SIGINT/SIGTERM after
+# saving a checkpoint.
 # - One process (one GPU, or CPU): the job is exec'd directly, so tini (PID 1) hands SIGTERM
 #   to the process that saves, and its exit code is the container's.
 # - Several (GPUs, or multi-node): `accelerate launch` starts them; it exits 1 for any
@@ -130,7 +131,7 @@ code=$status
 if [ "$status" -ne 0 ]; then
   recorded=$(cat "$DIGITS_EXIT_DIR"/rank-* 2>/dev/null || true)
   if [ "$(grep -c . <<<"$recorded")" -ge "$per_node" ]; then
-    for candidate in 1 2 3 4 143 130 5; do
+    for candidate in 1 2 3 4 6 143 130 5; do
       if grep -qx "$candidate" <<<"$recorded"; then code=$candidate; break; fi
     done
   fi

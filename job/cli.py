@@ -11,6 +11,8 @@
 Exit codes: 0 done; 2 bad input (one line on stderr saying what and how to fix it,
 nothing written); 3 storage unreachable (one line naming the endpoint); 4 GPUs required
 (DIGITS_REQUIRE_GPU=1) but none usable; 5 another process of a multi-process job went away;
+6 the local file system refused a write (full disk, read-only, permission, name too long, a
+file where a folder is needed: one line naming the path and the cause; rerun once fixed);
 143 (130) stopped by SIGTERM (SIGINT) after saving a checkpoint, resumable; anything else is
 a fault and keeps its traceback. With DIGITS_EXIT_DIR set, each process also writes its code
 to DIGITS_EXIT_DIR/rank-<LOCAL_RANK>: launchers report 1 for any failure, and the container
@@ -24,7 +26,7 @@ import os
 import sys
 
 from job import console
-from job.errors import BadInput, JobError
+from job.errors import BadInput, JobError, write_failed
 from job.kinds import KINDS, help_text
 from job.preemption import Preempted
 
@@ -143,6 +145,11 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a write the job does not make through storage (a cache, a temp file)
+        failed = write_failed(e)
+        if failed is None:
+            raise
+        return _one_line(failed)
     except Exception as e:
         if "torch.distributed" in sys.modules:  # only then can a peer have gone away
             from job.runtime import peer_lost

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from job.errors import BadInput
+from job.errors import BadInput, write_failed
 
 _UMASK: int | None = None
 
@@ -35,6 +35,12 @@ class LocalFiles:
         return uri
 
     def write_bytes(self, uri: str, data: bytes) -> None:
+        try:
+            self._write_bytes(uri, data)
+        except OSError as e:
+            raise write_failed(e, uri) or e from None
+
+    def _write_bytes(self, uri: str, data: bytes) -> None:
         folder = os.path.dirname(os.path.abspath(uri))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -103,10 +109,15 @@ class LocalFiles:
             raise BadInput(f"{uri} does not exist")
 
     def upload_file(self, path: str, uri: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
         tmp = f"{uri}.tmp-{os.getpid()}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, uri)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, uri)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise write_failed(e, uri) or e from None
 
     def download_file(self, uri: str, path: str) -> None:
         try:
