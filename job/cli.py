@@ -39,6 +39,39 @@ COMMANDS = {
 }
 
 
+EXAMPLES = {"train": "train.steps=100", "sample": "count=60000", "evaluate": "n=10000", "transform": "out=printed",
+            "data": "data.root=/data"}
+
+
+def _program() -> str:
+    """How the job was called, for help and errors: `digit-job` (the console script) or
+    `python -m job`."""
+    return "digit-job" if os.path.basename(sys.argv[0] or "") == "digit-job" else "python -m job"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"digit-job {version('digit-job')}"
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "digit-job (not installed)"
+
+
+def _keys_help(command: str) -> str:
+    """Every key of `command`: type, default and the comment written beside it in job/config.py."""
+    import textwrap
+
+    from job import config
+
+    lines = [f"keys (key=value; from job/config.py){' and the model kinds above' if command == 'train' else ''}:"]
+    for key, type_name, default, comment in config.key_docs(command):
+        lines.append(f"  {key} ({type_name}; default {default})")
+        if comment:
+            lines += textwrap.wrap(comment, width=100, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse's complaints as the job's: one line, exit 2 (not a usage block)."""
 
@@ -48,22 +81,25 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _OneLineParser(
-        prog="python -m job",
+        prog=_program(),
         description="Train handwritten-digit generators and bulk-sample labeled digits.",
         epilog="Launch with `accelerate launch -m job ...` for several processes or GPUs.",
     )
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="command")
     for name, text in COMMANDS.items():
-        c = sub.add_parser(name, help=text, epilog=help_text() if name == "train" else None,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog = (help_text() + "\n\n" if name == "train" else "") + _keys_help(name)
+        c = sub.add_parser(name, help=text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == "data":
             c.add_argument("action", choices=["push"], help="push: copy the dataset files and a sha256 manifest")
             c.add_argument("dataset",
                            help="dataset name: mnist, fashion-mnist, kmnist, emnist-digits, usps, svhn, imagefolder")
             c.add_argument("dest", help="destination folder or s3://bucket/prefix")
         c.add_argument("--config", default=None, help="preset name (see `presets`) or path to a YAML file")
-        c.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-        c.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
+        c.add_argument("--print-config", action="store_true",
+                       help="print the resolved config and exit (required keys not yet set are marked)")
+        c.add_argument("overrides", nargs="*", metavar="key=value",
+                       help=f"config overrides, e.g. {EXAMPLES[name]} (every key: below)")
     sub.add_parser("presets", help="list the config presets shipped with the package")
     return p
 
@@ -93,8 +129,11 @@ def _run(argv: list[str]) -> int:
     from job import config
 
     console.set_command(args.command)
-    cfg = config.load(args.command, args.config, args.overrides)
+    cfg = config.load(args.command, args.config, args.overrides, complete=not args.print_config)
     if args.print_config:
+        missing = config.missing_required(args.command, cfg)
+        if missing:
+            print(f"# required, not set yet: {', '.join(k.replace('|', ' or ') for k in missing)}")
         print(config.to_yaml(cfg), end="")
         return 0
     if args.command == "train":

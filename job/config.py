@@ -9,8 +9,11 @@ line that names the key and what is allowed. Presets live in job/configs/<name>.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -442,7 +445,8 @@ def _read_config_source(spec: str) -> tuple[dict, str]:
         preset = resources.files("job") / "configs" / f"{spec}.yaml"
         if not preset.is_file():
             raise BadInput(
-                f"unknown config preset {spec!r}: choose one of {', '.join(preset_names())} "
+                f"unknown config preset {spec!r}{_did_you_mean(spec, preset_names())}: choose one of "
+                f"{', '.join(preset_names())} "
                 "or pass a path to a .yaml file"
             )
         text, where = preset.read_text(encoding="utf-8"), f"preset {spec}"
@@ -559,7 +563,8 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool,
     if name not in fields:
         prefix = full_key[: len(full_key) - len(".".join(path))]
         valid = ", ".join(prefix + k for k in fields)
-        raise BadInput(f"unknown config key {full_key!r}: valid keys here are {valid}")
+        hint = _did_you_mean(name, list(fields), prefix)
+        raise BadInput(f"unknown config key {full_key!r}{hint}: valid keys here are {valid}")
     f, tp = fields[name]
     if dataclasses.is_dataclass(tp):
         if len(path) == 1:
@@ -581,6 +586,11 @@ def _set(obj: Any, path: list[str], value: Any, full_key: str, from_text: bool,
         given[full_key] = where
 
 
+def _did_you_mean(name: str, choices: list[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
 def _check_command(command: str, mapping: dict, where: str) -> None:
     """A config written for another command (e.g. a train preset passed to sample) gets
     told so, rather than 'unknown key' for its first section."""
@@ -594,8 +604,9 @@ def _check_command(command: str, mapping: dict, where: str) -> None:
             raise BadInput(f"{where} is a config for `{other}`, not `{command}` (it sets {', '.join(foreign)})")
 
 
-def load(command: str, config: str | None, overrides: list[str]) -> Any:
-    """Build the checked config for `command` from a preset/file and key=value overrides."""
+def load(command: str, config: str | None, overrides: list[str], complete: bool = True) -> Any:
+    """Build the checked config for `command` from a preset/file and key=value overrides.
+    complete=False (--print-config) leaves out the checks that need the required keys."""
     cfg = SCHEMAS[command]()
     given: dict[str, str] = {}  # every key set -> where (for keys the chosen model kind ignores)
     if config is not None:
@@ -610,9 +621,49 @@ def load(command: str, config: str | None, overrides: list[str]) -> Any:
         _set(cfg, key.split("."), value, key, True, given, "the command line")
     if isinstance(cfg, TrainJob):
         cfg.check_used(given)
-    if hasattr(cfg, "check"):
+    if hasattr(cfg, "check") and (complete or not missing_required(command, cfg)):
         cfg.check()
     return cfg
+
+
+# Keys a command cannot run without (alternatives joined by |); --print-config marks them.
+REQUIRED = {"sample": ("generator", "out", "count"), "evaluate": ("generator|samples",),
+            "transform": ("inputs", "out")}
+
+
+def missing_required(command: str, cfg: Any) -> list[str]:
+    """The required keys `cfg` leaves unset."""
+    return [keys for keys in REQUIRED.get(command, ()) if not any(getattr(cfg, k) for k in keys.split("|"))]
+
+
+def key_docs(command: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, comment) of every key of `command`, in schema order: the
+    comment is the one written above the field in this file."""
+    out: list[tuple[str, str, str, str]] = []
+
+    def walk(cls: type, instance: Any, prefix: str) -> None:
+        comments: dict[str, str] = {}
+        pending: list[str] = []
+        for line in inspect.getsource(cls).splitlines()[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                pending.append(stripped.lstrip("#").strip())
+                continue
+            m = re.match(r"(\w+)\s*:", stripped)
+            if m and line.startswith("    ") and not line.startswith("     "):
+                comments[m.group(1)] = " ".join(pending)
+            pending = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(instance, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], value, f"{prefix}{f.name}.")
+            else:
+                out.append((prefix + f.name, _type_name(hints[f.name]), repr(value) if value != "" else "''",
+                            comments.get(f.name, "")))
+
+    walk(SCHEMAS[command], SCHEMAS[command](), "")
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

@@ -81,3 +81,8 @@ def progress(message: str) -> None:
 def warn(message: str) -> None:
     """One line on stderr (something skipped or degraded; the job goes on)."""
     _logger.warning(message)
+
+
+def count(n: int, noun: str) -> str:
+    """'1 shard', '2 shards': a number and its noun, plural where it should be."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

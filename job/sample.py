@@ -633,7 +633,7 @@ def _generate(cfg: config.SampleJob, plan: Plan, inputs: _Inputs, G: torch.nn.Mo
                         f"are not started; run the same command to finish {cfg.out}", signals.signum)
     elapsed = time.perf_counter() - started
     made = sum(plan.shard_count(i) for i in todo)
-    console.say(f"worker {worker}: wrote {len(todo)} shards ({made} {unit}) in {elapsed:.1f}s"
+    console.say(f"worker {worker}: wrote {console.count(len(todo), 'shard')} ({made} {unit}) in {elapsed:.1f}s"
                 + (f", {made / elapsed:.0f} {unit}/s" if made else ""))
 
 
@@ -661,8 +661,8 @@ def main(cfg: config.SampleJob) -> int:
     worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
     console.say0(acc, f"{runtime.describe(acc, precision)}")
     unit = "strings" if plan.layout == "strings" else "digits"
-    console.say0(acc, f"{plan.count} {unit} in {plan.num_shards} {plan.format} shards "
-                        f"to {cfg.out} ({workers} workers)")
+    console.say0(acc, f"{plan.count} {unit} in {console.count(plan.num_shards, f'{plan.format} shard')} "
+                        f"to {cfg.out} ({console.count(workers, 'worker')})")
     # Every pod that finds no plan writes it (same bytes from the same settings), so a pod on
     # other hardware that starts later follows its precision instead of auto's own pick.
     if acc.is_main_process and not plan_recorded:
@@ -671,7 +671,7 @@ def main(cfg: config.SampleJob) -> int:
     mine = [i for i in range(plan.num_shards) if i % workers == worker]
     todo = [i for i in mine if not shard_done(cfg.out, i)]
     if len(todo) < len(mine):
-        console.say(f"worker {worker}: {len(mine) - len(todo)} of {len(mine)} shards already done")
+        console.say(f"worker {worker}: {len(mine) - len(todo)} of {console.count(len(mine), 'shard')} already done")
     _generate(cfg, plan, inputs, G, keep, todo, worker, acc)
 
     # Phase 4: whichever worker finds every shard recorded writes the manifest.

@@ -34,7 +34,8 @@ def test_data_root_defaults_to_the_environment(monkeypatch):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["train.stepz=3"], "unknown config key 'train.stepz': valid keys here are train.steps"),
+        (["train.stepz=3"], "unknown config key 'train.stepz' (did you mean train.steps?): valid keys here are "
+                            "train.steps"),
         (["train.steps=ten"], "train.steps='ten' has the wrong type: expected int"),
         (["train.batch_size=-4"], "train.batch_size=-4 is out of range: must be between 1 and 65536"),
         (["train.precision=fp8"], "use one of auto, fp32, no, tf32, bf16, fp16"),
