@@ -63,6 +63,17 @@ def make_accelerator(requested_precision: str, deterministic: bool = False) -> t
     return accelerator, precision
 
 
+def from_main(accelerator: Accelerator, value):
+    """The main process's `value` on every process (a broadcast; as is with one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box)
+    return box[0]
+
+
 def describe(accelerator: Accelerator, precision: Precision) -> str:
     device = accelerator.device
     if device.type == "cuda":

@@ -441,16 +441,9 @@ def generation_precision(requested: str, G: torch.nn.Module, info: dict, batch: 
     def probe(p: Precision) -> None:
         generate(G, z, y, batch, acc.device, p.mode)
 
-    def share(result):
-        from accelerate.utils import broadcast_object_list
-
-        box = [result]
-        if acc.num_processes > 1:
-            broadcast_object_list(box)
-        return box[0]
-
     key = {"command": "generate", "model": {k: info.get(k) for k in ("kind", "arch", "kwargs")}, "batch_size": batch}
-    return precision_choice(requested, acc.device, probe, batch, key, measure_here=acc.is_main_process, share=share)
+    return precision_choice(requested, acc.device, probe, batch, key, measure_here=acc.is_main_process,
+                            share=lambda result: runtime.from_main(acc, result))
 
 
 def _precision_for(cfg: config.SampleJob, inputs: _Inputs, acc, recorded: dict | None) -> Precision:

@@ -121,8 +121,6 @@ class Trainer:
     def _measured_precision(self):
         """precision=auto on a CPU: the kind's probe measured on the main process (or its
         cached result), the choice broadcast so that every rank computes alike."""
-        from accelerate.utils import broadcast_object_list
-
         from job import precision
 
         probe = self.precision_probe()
@@ -132,14 +130,9 @@ class Trainer:
         key = {"command": "train", "kind": m.kind, "model": config.to_dict(self.cfg)["model"],
                "batch_size": t.batch_size, "channels_last": t.channels_last, "image_size": self.images.shape[-1]}
 
-        def share(result):
-            box = [result]
-            if self.acc.num_processes > 1:
-                broadcast_object_list(box)
-            return box[0]
-
         return precision.choose(self.cfg.train.precision, self.device, probe, t.batch_size, key,
-                                measure_here=self.acc.is_main_process, share=share)
+                                measure_here=self.acc.is_main_process,
+                                share=lambda result: runtime.from_main(self.acc, result))
 
     def precision_probe(self):
         """One training step of copies of this kind's networks on a batch of real images, as
