@@ -1,5 +1,5 @@
-"""Errors from the file system while writing, made for real: a full disk (a small tmpfs),
-a name too long, a file where a folder is needed. Each command answers with one line that
+"""Errors from the file system while writing, made for real: a full disk and a read-only
+disk (a small tmpfs, remounted), a name too long, a file where a folder is needed. Each command answers with one line that
 names the path and the cause and a documented exit code (6; 2 where it is found before
 anything is written), and the same command completes once the cause is fixed."""
 
@@ -97,3 +97,19 @@ def test_a_file_where_a_folder_is_needed_is_refused_before_anything_is_written(t
     assert proc.returncode == 2
     assert "is a file, not a folder" in one_error_line(proc)
     assert blocker.read_text() == "a file"
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "transform", "data"])
+def test_a_read_only_disk_is_one_line_naming_the_path_and_the_command_completes_once_writable(
+        generator_file, small_disk, tmp_path, command):
+    disk, filler = small_disk
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    args = commands(generator_file, disk, tmp_path)[command]
+    proc = run_job(*args)
+    assert proc.returncode in (2, 6), proc.stderr[-3000:]  # 2: found before anything was written
+    line = one_error_line(proc)
+    assert str(disk) in line and ("read-only" in line.lower() or "no write permission" in line), line
+    subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    again = run_job(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
