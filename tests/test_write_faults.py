@@ -1,7 +1,8 @@
 """Errors from the file system while writing, made for real: a full disk and a read-only
-disk (a small tmpfs, remounted), a name too long, a file where a folder is needed. Each command answers with one line that
-names the path and the cause and a documented exit code (6; 2 where it is found before
-anything is written), and the same command completes once the cause is fixed."""
+disk (a small tmpfs, remounted), a name too long, a file where a folder is needed. Each
+command answers with one line that names the path and the cause and a documented exit code
+(6; 2 where it is found before anything is written), and the same command completes once
+the cause is fixed."""
 
 from __future__ import annotations
 
