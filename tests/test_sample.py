@@ -103,6 +103,9 @@ def test_two_indexed_job_pods_together_produce_the_same_set_as_one_process(gener
     assert main(sample_args(generator_file, single, "count=500", "shard_size=100")) == 0
     monkeypatch.setenv("DIGITS_NUM_WORKERS", "2")
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    # Pod 1 first, alone: it would wait for pod 0's plan (precision=auto); here it stops
+    # waiting at once and measures on this machine, as the single run did.
+    monkeypatch.setenv("DIGITS_PLAN_WAIT_S", "0")
     assert main(sample_args(generator_file, pods, "count=500", "shard_size=100")) == 0
     assert sorted(shard_bytes(pods)) == ["shard-000001.safetensors", "shard-000003.safetensors"]
     assert not (pods / "manifest.json").exists()  # pod 0 has not run yet
