@@ -10,7 +10,9 @@
     * CPU: measured. A short probe (a few training steps, or forward passes, of the run's own
       model at its batch size, in fp32 and in bf16, about a second or two) decides, and the
       result is cached per (CPU model, torch version, threads, command, model, batch size)
-      in $DIGITS_CACHE_DIR/precision/, so later runs and pods on the same hardware reuse it.
+      in $DIGITS_CACHE_DIR/precision/, so later runs and pods on the same hardware reuse it
+      (for generation not per thread count: a rerun with more processes reads the same choice
+      and writes the same bytes).
       CPU flags cannot decide this: the same avx512_bf16 flag is 1.75x faster than fp32 on
       one Xeon (with AMX) and 25% slower on another (without).
     * CUDA: bf16 where the GPU computes it natively (compute capability 8.0 and later), else
@@ -183,18 +185,22 @@ def _cache_file(key: dict) -> Path:
 
 def choose(requested: str, device: torch.device | str, probe: Callable[[Precision], None] | None = None,
            items: int = 0, key: dict | None = None, measure_here: bool = True,
-           share: Callable[[dict | None], dict] | None = None) -> Precision:
+           share: Callable[[dict | None], dict] | None = None, per_thread_count: bool = True) -> Precision:
     """The precision for `requested`: `resolve`'s, except CPU auto with a probe, which is
     measured (or read from the cache). `key` names what was measured (command, model, batch
     size); `measure_here` is False on every process but the main one, and `share` hands the
-    main process's result to the others (a broadcast), so every rank computes alike."""
+    main process's result to the others (a broadcast), so every rank computes alike.
+    per_thread_count=False keys the cache by machine only, not by this process's threads:
+    sampling's bytes depend on the precision, and must not on how many processes ran."""
     device_type = torch.device(device).type
     plain = resolve(requested, device)
     if device_type != "cpu" or requested != "auto" or probe is None or _launcher_setting() is not None:
         return plain
     result = None
     if measure_here:
-        full_key = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(), **(key or {})}
+        full_key = {"cpu": cpu_model(), "torch": torch.__version__, **(key or {})}
+        if per_thread_count:
+            full_key["threads"] = torch.get_num_threads()
         path = _cache_file(full_key)
         cached = path.is_file()
         if cached:

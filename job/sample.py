@@ -442,8 +442,10 @@ def generation_precision(requested: str, G: torch.nn.Module, info: dict, batch: 
         generate(G, z, y, batch, acc.device, p.mode)
 
     key = {"command": "generate", "model": {k: info.get(k) for k in ("kind", "arch", "kwargs")}, "batch_size": batch}
+    # Keyed by machine, not threads: a rerun with another number of processes on this machine
+    # reads the same choice, so the set's bytes do not depend on how many processes ran.
     return precision_choice(requested, acc.device, probe, batch, key, measure_here=acc.is_main_process,
-                            share=lambda result: runtime.from_main(acc, result))
+                            share=lambda result: runtime.from_main(acc, result), per_thread_count=False)
 
 
 def _precision_for(cfg: config.SampleJob, inputs: _Inputs, acc, recorded: dict | None) -> Precision:
