@@ -124,9 +124,8 @@ if [ -n "$gpus" ]; then
 fi
 if [ "$kind" = JobSet ]; then
   group=jobset.x-k8s.io pod=/spec/replicatedJobs/0/template/spec/template/spec
-  labels_path=/metadata/labels
 else
-  group=batch pod=/spec/template/spec labels_path=/metadata/labels
+  group=batch pod=/spec/template/spec
 fi
 resources=$pod/containers/0/resources
 json_patch() {  # JSON patch operations on the kept workload, one "op path value" per line
@@ -195,7 +194,7 @@ suffix=-$run-$attempt
     fi
     [ -z "$service_account" ] || echo "add $pod/serviceAccountName $service_account"
     # Kueue admits suspended workloads that carry its queue label.
-    [ -z "$queue" ] || { echo "add $labels_path/kueue.x-k8s.io~1queue-name $queue"; echo "add /spec/suspend true"; }
+    [ -z "$queue" ] || { echo "add /metadata/labels/kueue.x-k8s.io~1queue-name $queue"; echo "add /spec/suspend true"; }
   } >"$work/ops"
   [ ! -s "$work/ops" ] || json_patch <"$work/ops"
   if [ -n "$disk" ] && [ "$kind" = Job ]; then  # a Job's volumes merge by name
