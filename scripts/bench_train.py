@@ -78,17 +78,18 @@ def adam_implementation(kind: str | None):
 
 
 @contextlib.contextmanager
-def omp_threads(n: str | None):
-    saved = os.environ.get("OMP_NUM_THREADS")
-    if n is not None:
-        os.environ["OMP_NUM_THREADS"] = n
+def environ(name: str, value: str | None):
+    """os.environ[name] = value (None: left as it is) for the block, restored after."""
+    saved = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["OMP_NUM_THREADS"] = saved
+            os.environ[name] = saved
 
 
 def measure(preset: str, overrides: list[str], warmup: int, steps: int, adam: str | None = None,
@@ -106,17 +107,10 @@ def measure(preset: str, overrides: list[str], warmup: int, steps: int, adam: st
             "train.sample_every=1000000", "train.checkpoint_every=1000000", "train.progress=false", *overrides,
         ])
         saved_threads = torch.get_num_threads()
-        saved_cache = os.environ.get("DIGITS_CACHE_DIR")
-        os.environ["DIGITS_CACHE_DIR"] = f"{tmp}/cache"
-        try:
-            with adam_implementation(adam), omp_threads(threads), contextlib.redirect_stdout(io.StringIO()):
-                trainer = trainer_for(cfg)
-                trainer.run()
-        finally:
-            if saved_cache is None:
-                os.environ.pop("DIGITS_CACHE_DIR", None)
-            else:
-                os.environ["DIGITS_CACHE_DIR"] = saved_cache
+        with adam_implementation(adam), environ("OMP_NUM_THREADS", threads), \
+                environ("DIGITS_CACHE_DIR", f"{tmp}/cache"), contextlib.redirect_stdout(io.StringIO()):
+            trainer = trainer_for(cfg)
+            trainer.run()
         torch.set_num_threads(saved_threads)
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
     batch = cfg.train.batch_size
