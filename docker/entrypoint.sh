@@ -67,7 +67,7 @@ nnodes=${NNODES:-1}
 case "$nnodes" in '' | 0 | *[!0-9]*) fail 2 "NNODES=$nnodes is not a positive number" ;; esac
 per_node=${DIGITS_NUM_PROCESSES:-$((gpus > 0 ? gpus : 1))}
 case "$per_node" in '' | 0 | *[!0-9]*) fail 2 "DIGITS_NUM_PROCESSES=$per_node is not a positive number" ;; esac
-threads=$(python -m job.cpu_budget)
+threads=$(python -m job.core.cpu_budget)
 per_process=$((threads / per_node > 0 ? threads / per_node : 1))
 
 args=("$@")

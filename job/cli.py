@@ -22,13 +22,14 @@ entrypoint reads these to pass the job's own code on to Kubernetes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
-from job import console
-from job.errors import BadInput, JobError, write_failed
-from job.kinds import KINDS, help_text
-from job.preemption import Preempted
+from job.core import console
+from job.core.errors import BadInput, JobError, write_failed
+from job.core.kinds import KINDS, help_text
+from job.core.preemption import Preempted
 
 COMMANDS = {
     "train": "train a model: " + ", ".join(KINDS) + " (model.kind=...)",
@@ -38,6 +39,11 @@ COMMANDS = {
     "data": "stage a dataset into a folder or s3:// prefix: data push mnist s3://bucket/datasets/mnist",
 }
 
+
+# The module whose `main(cfg, *positionals)` runs each command: the data flow starts there.
+MAINS = {"train": "job.training.train", "sample": "job.sampling.sample", "evaluate": "job.evaluation.evaluate",
+         "transform": "job.sampling.transform", "data": "job.data.push"}
+POSITIONALS = {"data": ("action", "dataset", "dest")}
 
 EXAMPLES = {"train": "train.steps=100", "sample": "count=60000", "evaluate": "n=10000", "transform": "out=printed",
             "data": "data.root=/data"}
@@ -59,12 +65,12 @@ def _version() -> str:
 
 
 def _keys_help(command: str) -> str:
-    """Every key of `command`: type, default and the comment written beside it in job/config.py."""
+    """Every key of `command`: type, default and the comment written beside it in job/core/config.py."""
     import textwrap
 
-    from job import config
+    from job.core import config
 
-    lines = [f"keys (key=value; from job/config.py){' and the model kinds above' if command == 'train' else ''}:"]
+    lines = [f"keys (key=value; from job/core/config.py){' and the model kinds above' if command == 'train' else ''}:"]
     for key, type_name, default, comment in config.key_docs(command):
         lines.append(f"  {key} ({type_name}; default {default})")
         if comment:
@@ -121,12 +127,12 @@ def _run(argv: list[str]) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.command == "presets":
-        from job.config import preset_names
+        from job.core.config import preset_names
 
         print("\n".join(preset_names()))
         return 0
 
-    from job import config
+    from job.core import config
 
     console.set_command(args.command)
     cfg = config.load(args.command, args.config, args.overrides, complete=not args.print_config)
@@ -136,31 +142,8 @@ def _run(argv: list[str]) -> int:
             print(f"# required, not set yet: {', '.join(k.replace('|', ' or ') for k in missing)}")
         print(config.to_yaml(cfg), end="")
         return 0
-    if args.command == "train":
-        from job import train
-
-        return train.main(cfg)
-    if args.command == "sample":
-        from job import sample
-
-        return sample.main(cfg)
-    if args.command == "evaluate":
-        from job import evaluate
-
-        return evaluate.main(cfg)
-    if args.command == "transform":
-        from job import transform
-
-        return transform.main(cfg)
-    if args.command == "data":
-        from job import data
-
-        manifest = data.push(args.dataset, cfg.data, args.dest)
-        total = sum(f["bytes"] for f in manifest["files"].values())
-        console.say(f"pushed {args.dataset} ({len(manifest['files'])} files, {total / 1e6:.1f} MB) "
-                    f"from {cfg.data.root} to {args.dest} with manifest.json")
-        return 0
-    raise AssertionError(f"unhandled command {args.command}")
+    module = importlib.import_module(MAINS[args.command])  # only the command that runs is imported
+    return module.main(cfg, *(getattr(args, name) for name in POSITIONALS.get(args.command, ())))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +174,7 @@ def _main(argv: list[str]) -> int:
         return _one_line(failed)
     except Exception as e:
         if "torch.distributed" in sys.modules:  # only then can a peer have gone away
-            from job.runtime import peer_lost
+            from job.core.runtime import peer_lost
 
             lost = peer_lost(e)
             if lost is not None:

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_augment.py --part low    # only the low-data rows
     .venv/bin/python scripts/bench_augment.py --part full   # only the full-data rows
 
-Every row trains a fresh classifier with the shipped recipe (job/lift.py: the classifier-mnist
+Every row trains a fresh classifier with the shipped recipe (job/evaluation/lift.py: the classifier-mnist
 network, Adam with warm-up and cosine decay, its random affine jitter) for the same number of
 steps, and tests it on the 10,000 MNIST test digits; each row is run with 3 seeds.
 
@@ -81,20 +81,21 @@ class Bench:
     def __init__(self, args, work: Path):
         import torch
 
-        from job import config, data
-        from job.train_classifier import classifier_kwargs
+        from job.core import config
+        from job.data import loading
+        from job.training.classifier import classifier_kwargs
 
         self.args, self.work = args, work
         self.stage, self.rows = benchlib.Stages(work), Rows(work)
         data_cfg = config.DataConfig()
-        self.train, self.test = data.load_split(data_cfg, train=True), data.load_split(data_cfg, train=False)
+        self.train, self.test = loading.load_split(data_cfg, train=True), loading.load_split(data_cfg, train=False)
         recipe = config.load("train", "classifier-mnist", [])
         self.kwargs = classifier_kwargs(1, 10, recipe.model.width, recipe.model.feature_dim, 28)
         self.batch_size = recipe.train.batch_size
         self.torch = torch
 
     def accuracy(self, name: str, images, labels, steps: int, seed: int) -> float:
-        from job import lift
+        from job.evaluation import lift
 
         return self.rows.accuracy(name, lambda: lift.trained_accuracy(
             images, labels, self.test.images, self.test.labels, self.kwargs, steps, self.batch_size, seed, "cpu"))
@@ -105,20 +106,20 @@ class Bench:
         without peeking at the rest of MNIST (the shipped classifier saw all of it)."""
         if path.exists():
             return
-        from job import checkpoint
-        from job.train_classifier import ARCH, fit
+        from job.models.files import export_model
+        from job.training.classifier import ARCH, fit
 
         model = fit(*real, self.kwargs, self.args.low_steps, batch_size=self.batch_size, seed=seed, device="cpu")
-        checkpoint.export_model(str(path), model.state_dict(), kind="classifier", arch=ARCH, kwargs=self.kwargs,
+        export_model(str(path), model.state_dict(), kind="classifier", arch=ARCH, kwargs=self.kwargs,
                                 step=self.args.low_steps, extra={"trained_on": f"{len(real[1])} real digits"})
 
     def synthetic(self, folder: Path, n: int):
-        from job.shard_sets import read_manifest, shard_set_digits
+        from job.shardsets.sets import read_manifest, shard_set_digits
 
         return shard_set_digits(str(folder), read_manifest(str(folder)), n)
 
     def low_data(self) -> list[dict]:
-        from job import lift
+        from job.evaluation import lift
 
         a, torch, out = self.args, self.torch, []
         filtered = f"min_confidence={a.low_filter}"
@@ -175,7 +176,7 @@ class Bench:
         return out
 
     def full_data(self) -> list[dict]:
-        from job import lift
+        from job.evaluation import lift
 
         a, torch = self.args, self.torch
         gan = self.work / "full" / "quality-generator"
@@ -236,7 +237,7 @@ def main() -> None:
     KS[:], SEEDS[:] = args.ks, range(args.seeds)
     benchlib.use_default_data_dir()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    from job import config
+    from job.core import config
 
     args.quality_steps = args.quality_steps or config.load("train", "quality-cpu", []).train.steps
     work = benchlib.REPO / args.work  # a relative --work is under the repository

@@ -43,15 +43,15 @@ def main() -> None:
 
     import torch
 
-    from job import data
-    from job.config import DataConfig
+    from job.core.config import DataConfig
+    from job.data import loading
     from job.models import load_model
     from job.models.autoencoder import nearest_template
 
     model, info, _ = load_model(str(run_dir / "autoencoder.safetensors"), "autoencoder")
-    test = data.load_split(DataConfig(), train=False)
+    test = loading.load_split(DataConfig(), train=False)
     with torch.inference_mode():
-        printed = torch.cat([model(data.to_model_input(test.images[i : i + 1000], model.image_size, False))
+        printed = torch.cat([model(loading.to_model_input(test.images[i : i + 1000], model.image_size, False))
                              for i in range(0, len(test.labels), 1000)])
     digits, _ = nearest_template(printed, model.templates)
     hits = digits == test.labels

@@ -63,7 +63,7 @@ def main() -> None:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     cond, uncond, digits = work / "cond", work / "uncond", work / "cond-digits"
-    from job import config
+    from job.core import config
 
     steps = config.load("train", args.preset, []).train.steps
     uncond_steps = args.uncond_steps or steps

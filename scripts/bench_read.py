@@ -55,7 +55,7 @@ def rate(dataset, workers: int, **loader_args) -> dict:
 def webdataset_pipeline(tar_dir: str):
     import webdataset
 
-    from job.shard_sets import read_manifest
+    from job.shardsets.sets import read_manifest
 
     urls = [str(Path(tar_dir) / name) for record in read_manifest(tar_dir)["shards"] for name in record["files"]]
     # The same items as the job's readers: uint8 [1, 28, 28] tensors and int labels.
@@ -66,7 +66,7 @@ def webdataset_pipeline(tar_dir: str):
 def torchvision_mnist():
     from torchvision.transforms import v2
 
-    from job.readers import mnist
+    from job.shardsets.readers import mnist
 
     return mnist(train=True, transform=v2.PILToTensor())
 
@@ -80,7 +80,7 @@ def main() -> None:
     benchlib.use_default_data_dir()
     import s3_local
     from job import storage
-    from job.readers import ShardDataset, ShardStream
+    from job.shardsets.readers import ShardDataset, ShardStream
 
     with tempfile.TemporaryDirectory(prefix="bench-read-") as tmp:
         work = Path(tmp)

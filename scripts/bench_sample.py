@@ -27,12 +27,12 @@ import benchlib
 
 
 def make_generator(path: Path, width: int) -> None:
-    from job import checkpoint
     from job.models import build_model
+    from job.models.files import export_model
 
     kwargs = {"latent_dim": 100, "width": width, "channels": 1, "num_classes": 10}
     G = build_model("dcgan", "dcgan28", kwargs)
-    checkpoint.export_model(str(path), G.state_dict(), "dcgan", "dcgan28", kwargs, step=0)
+    export_model(str(path), G.state_dict(), "dcgan", "dcgan28", kwargs, step=0)
 
 
 def bare_rate(generator: Path, batch: int, precision: str = "no", seconds: float = 10.0) -> float:
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--no-s3", action="store_true", help="skip the local S3 server run")
     args = p.parse_args()
     benchlib.use_default_data_dir()
-    from job.precision import display_name
+    from job.core.precision import display_name
 
     results: dict = {"width": args.width, "batch_size": args.batch, "shard_size": args.shard_size, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,7 @@ def main() -> None:
     benchlib.use_default_data_dir()
     work = (benchlib.REPO / args.work).resolve()
     generator = work / "cond" / "generator.safetensors"
-    from job import config
+    from job.core import config
 
     steps = config.load("train", "quality-cpu", []).train.steps
     # A generator file is exported at every checkpoint: only a finished run is the benchmark's.

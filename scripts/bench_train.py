@@ -5,7 +5,7 @@ pytorch/examples DCGAN in the same run.
     git clone https://github.com/pytorch/examples ../pytorch-examples
     .venv/bin/python scripts/bench_train.py --peer ../pytorch-examples  # + the peer, same run
 
-Project rows run job.train's trainer in this process on real MNIST (the same code as
+Project rows run job.training.train's trainer in this process on real MNIST (the same code as
 `job train`) and time the steps after a warm-up from the per-step timings in metrics.jsonl.
 Each variant is one row, kept as a default or not: precision (fp32, bf16), memory format,
 the optimizer implementation, batch size; plus torch.compile on the bare step (the trainer
@@ -98,8 +98,8 @@ def measure(preset: str, overrides: list[str], warmup: int, steps: int, adam: st
     trainer; `precision=auto` measures in a fresh cache, so this run decides."""
     import torch
 
-    from job import config
-    from job.train import trainer_for
+    from job.core import config
+    from job.training.train import trainer_for
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config.load("train", preset, [
@@ -122,9 +122,9 @@ def compiled_step_rates(arch: str, size: int, batch: int, steps: int) -> dict[st
     """images/s of the bare GAN step (data in memory), eager vs torch.compile (inductor)."""
     import torch
 
+    from job.core.precision import Precision
     from job.models import build_gan
-    from job.precision import Precision
-    from job.steps import gan_step
+    from job.training.steps import gan_step
 
     rates = {}
     for mode in ("eager", "compiled"):
@@ -208,7 +208,7 @@ def main() -> None:
     benchlib.use_default_data_dir()
     import torch
 
-    from job import precision
+    from job.core import precision
 
     if args.peer is not None and not (args.peer / "dcgan" / "main.py").is_file():
         raise SystemExit(f"--peer {args.peer}: no dcgan/main.py there (clone https://github.com/pytorch/examples)")

@@ -22,7 +22,7 @@ def use_default_data_dir() -> None:
 def machine() -> dict:
     import torch
 
-    from job import precision
+    from job.core import precision
 
     info = {
         "python": sys.version.split()[0],
@@ -39,8 +39,8 @@ def machine() -> dict:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, as job.precision keys its measurements by it."""
-    from job.precision import cpu_model as model_name
+    """The CPU's model name, as job.core.precision keys its measurements by it."""
+    from job.core.precision import cpu_model as model_name
 
     return model_name()
 
@@ -121,7 +121,7 @@ class Stages:
 
 
 def trained_to(run_dir: Path, steps: int) -> bool:
-    from job import checkpoint
+    from job.training import checkpoint
 
     done = checkpoint.complete_steps(str(run_dir))
     return bool(done) and max(done) >= steps

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/profile_train.py --precision bf16 --arch dcgan28
 
 Builds the conditional G and D of the presets (width 64, channels_last, fused Adam), runs
-job.steps.gan_step on in-memory batches (no data loading: this is the compute), and prints
+job.training.steps.gan_step on in-memory batches (no data loading: this is the compute), and prints
 the operators by self time with their input shapes, plus the achieved GFLOP/s of the
 convolutions (forward and backward) so that one can tell a slow kernel from a busy one.
 """
@@ -38,9 +38,9 @@ class ConvFlops:
 
 
 def profile_arch(arch: str, precision_mode: str, batch: int, steps: int) -> None:
+    from job.core.precision import resolve
     from job.models import build_gan
-    from job.precision import resolve
-    from job.steps import adam, gan_step
+    from job.training.steps import adam, gan_step
 
     size = 28 if arch == "dcgan28" else 64
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, DistributedSampler
 
-from job.readers import ShardDataset, ShardStream
+from job.shardsets.readers import ShardDataset, ShardStream
 
 BATCH, EPOCHS = 4, 2
 

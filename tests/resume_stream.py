@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from job.readers import ShardStream
+from job.shardsets.readers import ShardStream
 
 EPOCH = 1
 

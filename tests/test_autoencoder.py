@@ -12,8 +12,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from conftest import read_metrics, run_job, train
-from job import digit_image
 from job.cli import main
+from job.data import digit_image
 from job.models import load_model
 
 SANS_BOLD = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
@@ -162,13 +162,13 @@ def photo_of(digit: np.ndarray, side: int, seed: int) -> Image.Image:
 
 
 def test_the_shipped_autoencoder_reads_photos_of_handwritten_digits_out_of_the_box(tmp_path):
-    from job import data
-    from job.config import DataConfig
+    from job.core.config import DataConfig
+    from job.data import loading
     from job.models import resolve_builtin
 
     model, info, _ = load_model(resolve_builtin("builtin:mnist", "autoencoder"), "autoencoder")
     assert info["extra"]["nearest_template_accuracy"] >= 0.98  # the benchmark's target
-    test = data.load_split(DataConfig(), train=False)
+    test = loading.load_split(DataConfig(), train=False)
     inputs = tmp_path / "photos"
     inputs.mkdir()
     for digit in range(10):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import read_metrics, train
-from job import kinds, scoring
+from job.core import kinds
+from job.models import scoring
 
 # A few steps of the real preset at a small batch: what matters here is the machinery.
 SHORT = ["train.steps=6", "train.batch_size=32", "train.log_every=1", "train.checkpoint_every=3",
@@ -50,7 +51,7 @@ def test_a_classifier_run_resumed_after_preemption_ends_with_the_same_weights(tm
 
 
 def test_a_generator_file_is_not_accepted_as_a_classifier(tmp_path):
-    from job.errors import BadInput
+    from job.core.errors import BadInput
 
     run_dir = tmp_path / "gan"
     assert train(run_dir, "train.steps=1") == 0

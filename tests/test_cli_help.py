@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_job
-from job import config, console
 from job.cli import main
+from job.core import config, console
 
 
 @pytest.mark.parametrize("command", list(config.SCHEMAS))

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from conftest import run_job
-from job import config
-from job.errors import BadInput
+from job.core import config
+from job.core.errors import BadInput
 
 
 @pytest.mark.parametrize("preset", config.preset_names())

@@ -80,7 +80,7 @@ def test_the_build_context_leaves_out_the_venv_runs_and_data():
                             "docker/requirements-cuda13.lock", "docker/requirements-cuda12.lock"}
 
 
-# The entrypoint runs `python -m job.cpu_budget`: the venv's python, the repository's job.
+# The entrypoint runs `python -m job.core.cpu_budget`: the venv's python, the repository's job.
 PATH_WITH_VENV = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
 
 
@@ -266,7 +266,7 @@ def test_a_failing_nvidia_smi_is_named_in_the_error_and_without_the_requirement_
 
 
 def test_the_cpu_budget_is_the_cgroup_quota_not_the_hosts_cores(tmp_path, monkeypatch):
-    from job import cpu_budget
+    from job.core import cpu_budget
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))

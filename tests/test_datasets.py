@@ -13,11 +13,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from conftest import run_job, train
-from job import config, data
 from job.cli import main
-from job.config import DataConfig
+from job.core import config
+from job.core.config import DataConfig
+from job.data import loading
 from job.models import load_generator
-from job.shard_sets import read_manifest, shard_set_digits
+from job.shardsets.sets import read_manifest, shard_set_digits
 
 SHAPES = ("circle", "cross", "square")
 
@@ -48,15 +49,15 @@ def make_image_folder(root, per_class: int = 12, size: int = 48, mode: str = "RG
 
 def test_an_image_folder_loads_with_labels_from_class_folders_at_the_requested_size(tmp_path):
     root = make_image_folder(tmp_path / "shapes", per_class=4, varied_sizes=True)
-    split = data.load_split(DataConfig(name="imagefolder", root=str(root), image_size=32), train=True)
+    split = loading.load_split(DataConfig(name="imagefolder", root=str(root), image_size=32), train=True)
     assert split.images.shape == (12, 3, 32, 32) and split.images.dtype == torch.uint8
     assert split.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4 and split.num_classes == 3
 
 
 def test_an_image_folder_of_grey_images_gives_one_channel_unless_told_otherwise(tmp_path):
     root = make_image_folder(tmp_path / "grey", per_class=2, mode="L")
-    assert data.load_split(DataConfig(name="imagefolder", root=str(root)), train=True).images.shape == (6, 1, 28, 28)
-    rgb = data.load_split(DataConfig(name="imagefolder", root=str(root), channels=3), train=True)
+    assert loading.load_split(DataConfig(name="imagefolder", root=str(root)), train=True).images.shape == (6, 1, 28, 28)
+    rgb = loading.load_split(DataConfig(name="imagefolder", root=str(root), channels=3), train=True)
     assert rgb.images.shape == (6, 3, 28, 28)
 
 
@@ -64,11 +65,11 @@ def test_train_and_test_subfolders_are_the_two_splits(tmp_path):
     make_image_folder(tmp_path / "set" / "train", per_class=3)
     make_image_folder(tmp_path / "set" / "test", per_class=1, seed=1)
     cfg = DataConfig(name="imagefolder", root=str(tmp_path / "set"))
-    assert len(data.load_split(cfg, train=True).labels) == 9
-    assert len(data.load_split(cfg, train=False).labels) == 3
+    assert len(loading.load_split(cfg, train=True).labels) == 9
+    assert len(loading.load_split(cfg, train=False).labels) == 3
     os.rename(tmp_path / "set" / "test" / "cross", tmp_path / "set" / "test" / "plus")
     with pytest.raises(Exception, match="must hold the same class folders"):
-        data.load_split(cfg, train=True)
+        loading.load_split(cfg, train=True)
 
 
 def test_a_gan_and_the_mean_model_train_on_48_pixel_rgb_images(tmp_path):
@@ -85,7 +86,7 @@ def test_a_gan_and_the_mean_model_train_on_48_pixel_rgb_images(tmp_path):
     shard_set = str(tmp_path / "shards")
     images, labels = shard_set_digits(shard_set, read_manifest(shard_set), 30)
     assert images.shape == (30, 3, 48, 48)
-    split = data.load_split(DataConfig(name="imagefolder", root=str(root), image_size=48), train=True)
+    split = loading.load_split(DataConfig(name="imagefolder", root=str(root), image_size=48), train=True)
     for c in range(3):
         expected = split.images[split.labels == c].double().mean(0)
         assert (images[labels == c].double() - expected).abs().max() <= 0.5 + 1e-6  # the rounded mean
@@ -107,9 +108,9 @@ def test_an_image_folder_with_a_file_that_is_not_an_image_is_refused_before_writ
                     reason="FASHION_MNIST_DIR unset: scripts/test.sh installs Debian's dataset-fashion-mnist")
 def test_training_runs_on_fashion_mnist_from_the_debian_package(tmp_path):
     root = os.environ["FASHION_MNIST_DIR"]
-    split = data.load_split(DataConfig(name="fashion-mnist", root=root), train=False)
+    split = loading.load_split(DataConfig(name="fashion-mnist", root=root), train=False)
     assert split.images.shape == (10000, 1, 28, 28) and torch.bincount(split.labels).tolist() == [1000] * 10
-    mnist = data.load_split(DataConfig(name="mnist"), train=False)
+    mnist = loading.load_split(DataConfig(name="mnist"), train=False)
     assert not torch.equal(split.images[:10], mnist.images[:10])  # really another dataset
     assert train(tmp_path / "run", "data.name=fashion-mnist", f"data.root={root}", "train.steps=3") == 0
     assert (tmp_path / "run" / "generator.safetensors").exists()
@@ -131,7 +132,7 @@ class _StandIn:
 def test_every_catalogue_dataset_becomes_uint8_nchw_with_int64_labels(monkeypatch, name, raw, expected_shape):
     import torchvision.datasets as tvd
 
-    from job import datasets
+    from job.data import datasets
 
     dataset = datasets.CATALOG[name]
     labels = [0, 1, 2, 3, 4]
@@ -153,7 +154,7 @@ def test_data_root_may_be_a_parent_folder_holding_one_folder_per_dataset(tmp_pat
     parent.mkdir()
     (parent / "mnist").symlink_to(os.environ["DIGITS_DATA_DIR"], target_is_directory=True)
     cfg = config.load("train", None, [f"data.root={parent}"]).data
-    split = data.load_split(cfg, train=False)
+    split = loading.load_split(cfg, train=False)
     assert split.images.shape == (10000, 1, 28, 28)
     assert main(["data", "push", "mnist", str(tmp_path / "staged"), f"data.root={parent}"]) == 0
     assert len(json.loads((tmp_path / "staged" / "manifest.json").read_text())["files"]) == 4

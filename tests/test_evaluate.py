@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_job
 from job.cli import main
-from job.precision import resolve
+from job.core.precision import resolve
 
 QUICK = ["n=300", "tstr.n=300", "tstr.epochs=1", "batch_size=300"]
 
@@ -71,7 +71,7 @@ def test_an_unconditional_generator_gets_class_balance_but_no_cas_or_tstr(tmp_pa
     ],
 )
 def test_bad_evaluate_input_exits_2_with_one_line_and_writes_nothing(args, message, tmp_path):
-    from job import scoring
+    from job.models import scoring
 
     filled = [a.format(tmp=tmp_path, classifier=scoring.resolve_classifier("builtin:mnist")) for a in args]
     out = tmp_path / "out"
@@ -113,7 +113,7 @@ def test_augment_k_reports_real_digits_alone_and_plus_the_generators_and_the_lif
 def test_the_real_subset_holds_k_distinct_digits_of_each_class_drawn_by_the_seed():
     import torch
 
-    from job import lift
+    from job.evaluation import lift
 
     labels = torch.arange(300) % 10
     images = torch.arange(300).view(300, 1, 1, 1)  # each "image" is its own index

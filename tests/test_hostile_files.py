@@ -271,8 +271,8 @@ def test_any_generated_config_loads_or_exits_2_with_one_line(tmp_path, capsys, f
 @given(blob=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_bytes_as_a_config_file_load_or_are_bad_input(tmp_path_factory, blob):
     """Any file handed over as --config: text, YAML of any shape, or bytes that are not UTF-8."""
-    from job import config
-    from job.errors import BadInput
+    from job.core import config
+    from job.core.errors import BadInput
 
     path = tmp_path_factory.mktemp("cfg") / "any.yaml"
     path.write_bytes(blob)

@@ -342,7 +342,8 @@ def expand(arg: str, values: dict) -> str:
 
 
 def test_every_job_passes_arguments_and_a_config_the_job_accepts(rendered, tmp_path):
-    from job import cli, config
+    from job import cli
+    from job.core import config
 
     objs = rendered["gpu"]
     values = {**config_map(objs, "digit-job-run")["data"], **config_map(objs, "digit-job-s3")["data"]}

@@ -1,4 +1,4 @@
-"""The model-kind registry (job/kinds.py): each registration is complete, and keys a kind
+"""The model-kind registry (job/core/kinds.py): each registration is complete, and keys a kind
 does not read are refused naming the kind, instead of being silently unused."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import sys
 import pytest
 
 from conftest import REPO
-from job import config
 from job.cli import main
-from job.kinds import KINDS
-from job.trainer import Trainer
+from job.core import config
+from job.core.kinds import KINDS
+from job.training.trainer import Trainer
 
 SECTION_KEYS = {f"{section}.{f.name}" for section, schema in (("model", config.ModelConfig),
                                                                 ("train", config.TrainConfig))

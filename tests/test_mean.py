@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from conftest import read_metrics, train
-from job import data
 from job.cli import main
-from job.config import DataConfig
+from job.core.config import DataConfig
+from job.data import loading
 from job.models import load_generator
-from job.shard_sets import read_manifest, shard_set_digits
+from job.shardsets.sets import read_manifest, shard_set_digits
 
 
 @pytest.fixture(scope="module")
 def mnist_train():
-    return data.load_split(DataConfig(), train=True)
+    return loading.load_split(DataConfig(), train=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conftest import train
-from job import config, precision
 from job.cli import main
+from job.core import config, precision
 
 AMX_CPU = {"fpu", "avx2", "avx512f", "amx_tile", "amx_bf16", "avx512_bf16"}
 AVX2_CPU = {"fpu", "sse4_2", "avx2", "fma"}
@@ -169,7 +169,7 @@ def test_shards_made_in_two_precisions_are_refused_by_name_before_any_manifest(g
 def test_pods_after_the_first_wait_for_pod_0s_plan_instead_of_measuring_alone(tmp_path, monkeypatch):
     import threading
 
-    from job import sample as sampling
+    from job.sampling import sample as sampling
 
     out = tmp_path / "out"
     monkeypatch.setenv("DIGITS_PLAN_WAIT_S", "60")

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO, read_metrics
-from job import checkpoint
+from job.training import checkpoint
 
 
 def start_training(run_dir, *overrides: str) -> subprocess.Popen:

@@ -23,7 +23,8 @@ import pytest
 
 from conftest import REPO, read_metrics
 from faultproxy import FaultProxy
-from job import checkpoint, storage
+from job import storage
+from job.training import checkpoint
 
 STEPS = 24
 TRAIN_ARGS = ["--config", "debug", f"train.steps={STEPS}", "train.log_every=1", "train.checkpoint_every=2",

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import swapped_environ
-from job import config
 from job.cli import main
+from job.core import config
 
 # ----------------------------------------------------------------------------- keys
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from job import data, quality, scoring
-from job.config import DataConfig
+from job.core.config import DataConfig
+from job.data import loading
+from job.evaluation import quality
+from job.models import scoring
 
 # ----------------------------------------------------------------------------- known values
 
@@ -65,7 +67,7 @@ def mnist():
     import os
 
     root = os.environ["DIGITS_DATA_DIR"]
-    return data.load_split(DataConfig(root=root), train=True), data.load_split(DataConfig(root=root), train=False)
+    return loading.load_split(DataConfig(root=root), train=True), loading.load_split(DataConfig(root=root), train=False)
 
 
 @pytest.fixture(scope="module")

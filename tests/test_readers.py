@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader
 from conftest import REPO, torchrun_cpu
 from job import storage
 from job.cli import main
-from job.errors import BadInput
-from job.readers import ShardDataset, ShardStream
-from job.shard_sets import read_manifest, shard_set_digits
+from job.core.errors import BadInput
+from job.shardsets.readers import ShardDataset, ShardStream
+from job.shardsets.sets import read_manifest, shard_set_digits
 
 COUNT, SHARD_SIZE = 45, 10  # five shards, the last one short
 
@@ -284,7 +284,7 @@ def test_reader_errors_are_standard_exceptions_that_name_the_path(sets, tmp_path
 def test_importing_the_readers_loads_neither_accelerate_nor_the_models_nor_any_command():
     code = ("import sys, time; t = time.perf_counter(); import job.readers; t = time.perf_counter() - t; "
             "print(t, *sorted(m for m in sys.modules if m.split('.')[0] in ('accelerate', 'boto3', 'torchvision') "
-            "or m.startswith(('job.models', 'job.sample', 'job.train', 'job.evaluate', 'job.runtime'))))")
+            "or m.startswith(('job.models', 'job.sampling', 'job.training', 'job.evaluation', 'job.core.runtime'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1:] == [], out[1:]
     print(f"import job.readers: {float(out[0]):.2f} s")

@@ -9,9 +9,10 @@ import time
 import pytest
 
 from conftest import accelerate_launch, run_job, train
-from job import checkpoint, storage
+from job import storage
 from job.cli import main
 from job.models import load_generator
+from job.training import checkpoint
 
 pytestmark = pytest.mark.s3
 
@@ -31,7 +32,7 @@ def test_data_push_writes_the_files_and_a_sha256_manifest(pushed_mnist):
     manifest = json.loads(storage.read_bytes(f"{pushed_mnist}/manifest.json"))
     assert manifest["name"] == "mnist" and len(manifest["files"]) == 4
     for name, entry in manifest["files"].items():
-        assert checkpoint.sha256(storage.read_bytes(f"{pushed_mnist}/{name}")) == entry["sha256"]
+        assert storage.sha256(storage.read_bytes(f"{pushed_mnist}/{name}")) == entry["sha256"]
 
 
 def test_training_reads_pushed_data_once_into_a_verified_cache(pushed_mnist, bucket, tmp_path, monkeypatch):
@@ -148,10 +149,10 @@ def test_an_image_folder_pushed_to_s3_trains_from_its_verified_copy(bucket, tmp_
 def test_transform_reads_images_from_s3_and_writes_printed_digits_there(bucket, tmp_path):
     from test_autoencoder import photo_of
 
-    from job import data
-    from job.config import DataConfig
+    from job.core.config import DataConfig
+    from job.data import loading
 
-    test = data.load_split(DataConfig(), train=False)
+    test = loading.load_split(DataConfig(), train=False)
     for i in range(3):
         path = tmp_path / f"{i}.png"
         photo_of(test.images[i, 0].numpy(), side=120, seed=i).save(path)

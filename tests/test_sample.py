@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from conftest import REPO, accelerate_launch, run_job, train
-from job import shards, storage
+from job import storage
 from job.cli import main
+from job.shardsets import formats
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def read_all(out: Path, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     manifest = json.loads((out / "manifest.json").read_text())
     images, labels = [], []
     for record in manifest["shards"]:
-        x, y = shards.decode(fmt, {name: (out / name).read_bytes() for name in record["files"]})
+        x, y = formats.decode(fmt, {name: (out / name).read_bytes() for name in record["files"]})
         images.append(x)
         labels.append(y)
     return torch.cat(images), torch.cat(labels)
@@ -118,7 +119,7 @@ def test_two_indexed_job_pods_together_produce_the_same_set_as_one_process(gener
 
 def test_the_three_formats_read_back_to_the_same_images_and_labels(generator_file, tmp_path):
     decoded = {}
-    for fmt in shards.FORMATS:
+    for fmt in formats.FORMATS:
         out = tmp_path / fmt
         assert main(sample_args(generator_file, out, "count=120", "shard_size=50", f"format={fmt}")) == 0
         decoded[fmt] = read_all(out, fmt)
@@ -222,7 +223,7 @@ def test_sampling_to_s3_writes_shards_and_manifest_and_a_rerun_uploads_nothing(g
     assert manifest["count"] == 250
     for record in manifest["shards"]:
         for name, f in record["files"].items():
-            from job.checkpoint import sha256
+            from job.storage import sha256
 
             assert sha256(storage.read_bytes(f"{out}/{name}")) == f["sha256"]
     writes = []
@@ -238,7 +239,7 @@ def test_sampling_to_s3_writes_shards_and_manifest_and_a_rerun_uploads_nothing(g
 def test_min_confidence_keeps_exact_counts_of_recognized_digits_identically_on_one_and_two_processes(
     recognizable_generator, tmp_path
 ):
-    from job import scoring
+    from job.models import scoring
 
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["count=450", "shard_size=200", "min_confidence=0.9"]
@@ -289,7 +290,7 @@ def test_min_confidence_refuses_what_cannot_work_before_writing(gen_fixture, ext
 def test_labels_classifier_labels_an_unconditional_generator_in_exact_quotas_on_one_and_two_processes(
     recognizable_unconditional_generator, tmp_path
 ):
-    from job import scoring
+    from job.models import scoring
 
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["count=300", "shard_size=100", "labels=classifier", "min_confidence=0.5", "format=idx"]

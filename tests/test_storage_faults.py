@@ -55,7 +55,7 @@ def faulty_store(s3_server, monkeypatch):
 
 def test_training_through_a_faulty_store_saves_the_same_bytes_as_a_clean_run(faulty_store, bucket, s3_server,
                                                                             tmp_path):
-    from job import checkpoint
+    from job.training import checkpoint
 
     run_uri = f"s3://{bucket}/run"
     assert train(run_uri, "train.steps=6") == 0

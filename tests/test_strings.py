@@ -12,9 +12,12 @@ import torch
 from safetensors.torch import load as st_load
 
 from conftest import accelerate_launch, run_job, train
-from job import config, data, scoring, shards, strings
 from job.cli import main
-from job.evaluate_strings import cut_digits
+from job.core import config
+from job.data import loading, strings
+from job.evaluation.evaluate_strings import cut_digits
+from job.models import scoring
+from job.shardsets import formats
 
 
 def strings_args(generator: str, out, *extra: str) -> list[str]:
@@ -91,7 +94,7 @@ def test_a_texts_file_is_used_in_order_and_written_as_webdataset_txt_and_json(ge
                     assert meta["text"] == text and len(meta["boxes"]) == len(text)
                     read.append(text)
     assert read == ["0042", "1999", "7", "0042", "1999", "7", "0042"]
-    decoded = shards.decode_strings("webdataset", {"shard-000000.tar": (out / "shard-000000.tar").read_bytes()})
+    decoded = formats.decode_strings("webdataset", {"shard-000000.tar": (out / "shard-000000.tar").read_bytes()})
     assert [text for _, text, _ in decoded] == read[:4]
 
 
@@ -135,7 +138,7 @@ def test_strings_need_a_conditional_generator(tmp_path, capsys):
 def test_strings_of_real_mnist_digits_are_cut_at_their_boxes_and_read_back():
     """The layout and the cutting, without a generator: strings composed of real test digits
     must read back about as well as the digits themselves (the classifier's 99%)."""
-    test = data.load_split(config.DataConfig(), train=False)
+    test = loading.load_split(config.DataConfig(), train=False)
     layout = strings.Layout.from_config(config.StringsConfig())
     gen = torch.Generator().manual_seed(0)
     texts = strings.draw_texts(150, layout, gen)

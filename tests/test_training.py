@@ -11,8 +11,9 @@ import torch
 from safetensors import safe_open
 
 from conftest import read_metrics, train
-from job import checkpoint
+from job import storage
 from job.models import load_generator
+from job.training import checkpoint
 
 LOSS_KEYS = ("loss_d", "loss_g", "d_real", "d_fake")
 
@@ -84,7 +85,7 @@ def test_meta_json_lists_the_sha256_of_every_other_file(full_run):
     assert meta["step"] == 6
     assert set(meta["files"]) == {p.name for p in folder.iterdir()} - {"meta.json"}
     for name, digest in meta["files"].items():
-        assert checkpoint.sha256((folder / name).read_bytes()) == digest
+        assert storage.sha256((folder / name).read_bytes()) == digest
 
 
 def test_a_checkpoint_folder_without_meta_json_is_never_resumed_from(full_run, tmp_path, capsys):

@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 import yaml
 
-from job.errors import BadInput
-from job.kinds import KINDS
+from job.core.errors import BadInput
+from job.core.kinds import KINDS
 
-# The model.kind values: the registered kinds (job/kinds.py), in registration order.
+# The model.kind values: the registered kinds (job/core/kinds.py), in registration order.
 KindName = Literal[tuple(KINDS)]  # type: ignore[valid-type]
 
 
@@ -59,7 +59,7 @@ class ModelConfig:
     # What is trained: dcgan (a generator), autoencoder (handwritten digit -> the same
     # digit in a printed font, for `job transform`), mean (the per-class mean image: the
     # seed project's baseline, sampled like a generator) or classifier (the evaluation network).
-    # Each kind reads only some of the keys below (job/kinds.py); setting one it does not
+    # Each kind reads only some of the keys below (job/core/kinds.py); setting one it does not
     # read is refused.
     kind: KindName = "dcgan"
     # dcgan only. dcgan28: dense projection to S/4 x S/4 + 2 transposed convs (fast; named
@@ -151,7 +151,7 @@ class TrainJob:
 
     def check(self) -> None:
         check_data(self.data)
-        from job.datasets import native_size  # torch-heavy; only once a config is checked
+        from job.data.datasets import native_size  # torch-heavy; only once a config is checked
 
         m, size, kind = self.model, self.data.image_size, KINDS[self.model.kind]
         fixed = kind.fixed_sizes.get(m.arch) if kind.uses("model.arch") else None
@@ -186,7 +186,9 @@ class TrainJob:
 
 
 def check_data(data: DataConfig) -> None:
-    if data.channels is not None and data.name != "imagefolder":
+    from job.data.datasets import CATALOG  # the catalogue (imports torch); only once a config is checked
+
+    if data.channels is not None and not CATALOG[data.name].image_folder:
         raise BadInput(f"data.channels is for data.name=imagefolder; {data.name} has fixed channels: set it to null")
     if data.channels == 2:
         raise BadInput("data.channels=2 is not allowed: use 1 (grey), 3 (RGB) or null")
@@ -204,7 +206,7 @@ class DataJob:
 
 @dataclass
 class StringsConfig:
-    """`sample layout=strings`: how digits are set into a string image (see job/strings.py)."""
+    """`sample layout=strings`: how digits are set into a string image (see job/data/strings.py)."""
 
     # Drawn texts (when neither text nor texts is given): digits per string, "6" or "4-8",
     # and the digit distribution: uniform or ten weights for 0..9 ("1,1,1,1,1,1,1,1,1,2").
@@ -236,7 +238,7 @@ class SampleJob:
     # Folder or s3:// prefix for the shards, their records and manifest.json.
     out: str = ""
     # safetensors (images uint8 [N,C,H,W] + labels), webdataset (tar of png + cls), idx (MNIST
-    # gzip): the formats registered in job/shards.py (FORMATS).
+    # gzip): the formats registered in job/shardsets/formats.py (FORMATS).
     format: str = "safetensors"
     # Digits per shard (the last shard holds the rest). Shard i depends only on
     # (generator, seed, i, shard_size, format), never on how many processes ran.
@@ -290,22 +292,12 @@ class SampleJob:
                 raise BadInput(f"{key} is required: sample ... generator=<run>/generator.safetensors count=N out=<URI>")
         if self.count == 0:
             raise BadInput("count is required and must be >= 1, e.g. count=60000")
-        from job.shards import format_named, strings_format  # the format table (imports torch)
+        from job.shardsets.formats import format_named  # the format table (imports torch)
 
         format_named(self.format)
-        if self.layout == "strings":
-            from job import strings  # checks every layout value (one line each)
+        from job.shardsets import layouts  # the layout table: what each layout's own keys must be
 
-            strings.Layout.from_config(self.strings)
-            if self.text is not None and self.texts:
-                raise BadInput("pass text=<digits> or texts=<file>, not both")
-            if self.text is not None:
-                self.text = strings.check_text(str(self.text), "text")
-            strings_format(self.format)
-            if self.labels != "balanced":
-                raise BadInput("labels= chooses single digits; for strings use strings.digits= (or text=/texts=)")
-        elif self.text is not None or self.texts:
-            raise BadInput("text= and texts= are for layout=strings")
+        layouts.named(self.layout).function("check_config")(self)
         if self.labels not in LABEL_RULES:
             parts = [p.strip() for p in self.labels.split(",")]
             if not all(p.isdigit() for p in parts) or not parts:
@@ -343,7 +335,7 @@ class TstrConfig:
 class AugmentConfig:
     # The augmentation user's question: with k real labeled digits per class (of data's train
     # split), how much better is a classifier trained on them plus these synthetic digits?
-    # 0 skips it. The report then holds both test accuracies and the lift (job/lift.py).
+    # 0 skips it. The report then holds both test accuracies and the lift (job/evaluation/lift.py).
     k: int = _bounded(0, min=0, max=100_000)
     # Synthetic digits per real one: ratio x k x classes digits of the generator or set.
     ratio: float = _bounded(1.0, min=0.01, max=1000)

@@ -74,7 +74,7 @@ def say0(accelerator, message: str) -> None:
 
 
 def progress(message: str) -> None:
-    """A progress line, on stderr like a progress bar (logs.PlainProgress)."""
+    """A progress line, on stderr like a progress bar (job/core/progress.py)."""
     _logger.info(message, extra={"to_stderr": True})
 
 

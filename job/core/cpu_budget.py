@@ -6,7 +6,7 @@ affinity, the cgroup quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`) rounded down, a
 `OMP_NUM_THREADS` when set (Kubernetes fills it from `limits.cpu`). torch-free, so the
 container entrypoint can ask it cheaply:
 
-    python -m job.cpu_budget          # prints the number
+    python -m job.core.cpu_budget          # prints the number
 """
 
 from __future__ import annotations

@@ -4,14 +4,14 @@ A registration says everything the rest of the job needs to know about a kind:
 - the config keys it reads (`model.*` and `train.*`; `data.*`, `run.*`, `seed` and
   `resume` are every kind's). Any other `model.`/`train.` key set in a preset, a file or
   on the command line is refused naming the kind, instead of being silently unused;
-- its Trainer (`job/train_<kind>.py`) and the network class of each architecture
+- its Trainer (`job/training/<kind>.py`) and the network class of each architecture
   (`job/models/<kind>.py`), named as "module:attribute" and imported only when used, so
   reading a config never imports torch;
 - the file a run exports (generator.safetensors, ...), whether `sample`/`evaluate` can draw
   digits from it, and the model files shipped in job/weights for `builtin:<name>`;
 - one line of `python -m job train --help`.
 
-Adding a kind: its network in job/models/, its Trainer in job/train_<kind>.py, one entry in
+Adding a kind: its network in job/models/, its Trainer in job/training/<kind>.py, one entry in
 KINDS below, and new `model.`/`train.` fields (if any) in config.py.
 """
 
@@ -71,7 +71,7 @@ KINDS: dict[str, Kind] = {
             keys=("model.arch", "model.conditional", "model.latent_dim", "model.g_width", "model.d_width",
                   "model.minibatch_std", *LOOP_KEYS, "train.sample_every", "train.lr_g", "train.lr_d", "train.beta1",
                   "train.beta2", "train.ema_decay"),
-            trainer="job.train_gan:GanTrainer",
+            trainer="job.training.gan:GanTrainer",
             archs={"dcgan28": "job.models.dcgan:Generator28", "dcgan64": "job.models.dcgan:Generator64"},
             model_file=GENERATOR_FILE,
             draws_digits=True,
@@ -82,7 +82,7 @@ KINDS: dict[str, Kind] = {
             name="autoencoder",
             help="handwritten digit -> the same digit in a printed font, for `job transform`",
             keys=("model.width", "model.latent_dim", "model.font", *LOOP_KEYS, "train.sample_every", *ADAMW_KEYS),
-            trainer="job.train_autoencoder:AutoencoderTrainer",
+            trainer="job.training.autoencoder:AutoencoderTrainer",
             archs={"conv": "job.models.autoencoder:PrintedDigitAutoencoder"},
             model_file=AUTOENCODER_FILE,
             builtins={"mnist": "autoencoder-mnist.safetensors"},
@@ -92,7 +92,7 @@ KINDS: dict[str, Kind] = {
             name="mean",
             help="the per-class mean image (the baseline), computed in one pass and sampled like a generator",
             keys=("model.conditional", "model.pixel_noise"),
-            trainer="job.train_mean:MeanTrainer",
+            trainer="job.training.mean:MeanTrainer",
             archs={"mean": "job.models.mean:MeanImages"},
             model_file=GENERATOR_FILE,
             draws_digits=True,
@@ -101,7 +101,7 @@ KINDS: dict[str, Kind] = {
             name="classifier",
             help="the digit classifier that scores samples (CAS, FID features, min_confidence)",
             keys=("model.width", "model.feature_dim", *LOOP_KEYS, *ADAMW_KEYS),
-            trainer="job.train_classifier:ClassifierTrainer",
+            trainer="job.training.classifier:ClassifierTrainer",
             archs={"cnn": "job.models.classifier:DigitClassifier"},
             model_file=CLASSIFIER_FILE,
             builtins={"mnist": "classifier-mnist.safetensors"},

@@ -177,7 +177,7 @@ def measure(probe: Callable[[Precision], None], items: int) -> dict[str, float]:
 
 
 def _cache_file(key: dict) -> Path:
-    from job.data import cache_dir  # the job's cache folder, created on first use
+    from job.core.cache import cache_dir  # the job's cache folder, created on first use
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir()) / "precision" / f"{digest}.json"

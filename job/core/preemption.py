@@ -15,7 +15,7 @@ import threading
 
 import torch
 
-from job.errors import JobError
+from job.core.errors import JobError
 
 
 class Preempted(JobError):

@@ -1,7 +1,7 @@
 """The Accelerator and everything that depends on where the job runs.
 
 One place decides: device (CUDA if present, else CPU even under a multi-GPU launch, unless
-the pod asked for GPUs: DIGITS_REQUIRE_GPU=1), precision (job/precision.py: auto, bf16 only
+the pod asked for GPUs: DIGITS_REQUIRE_GPU=1), precision (job/core/precision.py: auto, bf16 only
 where the device runs it fast), CPU threads per process (from the container's CPU limit),
 how long a collective may wait for a silent peer, and printing from the main process only.
 """
@@ -9,7 +9,6 @@ how long a collective may wait for a silent peer, and printing from the main pro
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import sys
 
@@ -17,9 +16,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
 
-from job import cpu_budget
-from job.errors import DeviceMissing, PeerLost
-from job.precision import Precision, resolve
+from job.core import cpu_budget
+from job.core.errors import DeviceMissing, PeerLost
+from job.core.precision import Precision, resolve
 
 # A collective waits this long for a peer that neither answers nor closes its connection
 # (a node that vanished) before the job gives up with PeerLost; torch's default is 30 min.
@@ -83,12 +82,6 @@ def describe(accelerator: Accelerator, precision: Precision) -> str:
     return f"device={device.type} [{name}] world_size={accelerator.num_processes} precision={precision.describe()}"
 
 
-def stream_seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (base seed, rank, step, ...), stable everywhere."""
-    h = hashlib.blake2b(digest_size=8)
-    for p in parts:
-        h.update(int(p).to_bytes(16, "little", signed=True))
-    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
 
 
 # What a collective raises when the process at the other end is gone (gloo's "Connection

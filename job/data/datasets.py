@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from job.errors import BadInput
+from job.core.errors import BadInput
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 NUM_CLASSES = 10  # every catalogue dataset but imagefolder (which has one per class folder)
@@ -36,17 +36,26 @@ class Dataset:
     image_size: int | None  # native side length; None: data.image_size or 28 (imagefolder)
     idx_files: tuple[str, ...] = ()  # the idx files a flat folder may hold, if any
     flat_files: tuple[str, ...] = ()  # files torchvision keeps directly in its root, if any
+    digits: bool = True  # its classes are the digits 0-9 (the autoencoder's inputs); False: other images
+    image_folder: bool = False  # <root>/<class>/<image>: classes, channels and size come from the files
 
 
 CATALOG: dict[str, Dataset] = {
     "mnist": Dataset("mnist", "MNIST", 1, 28, IDX_FILES),
-    "fashion-mnist": Dataset("fashion-mnist", "FashionMNIST", 1, 28, IDX_FILES),
-    "kmnist": Dataset("kmnist", "KMNIST", 1, 28, IDX_FILES),
+    "fashion-mnist": Dataset("fashion-mnist", "FashionMNIST", 1, 28, IDX_FILES, digits=False),
+    "kmnist": Dataset("kmnist", "KMNIST", 1, 28, IDX_FILES, digits=False),
     "emnist-digits": Dataset("emnist-digits", "EMNIST", 1, 28, tuple(f"emnist-digits-{n}" for n in IDX_FILES)),
     "usps": Dataset("usps", "USPS", 1, 16, flat_files=("usps.bz2", "usps.t.bz2")),
     "svhn": Dataset("svhn", "SVHN", 3, 32, flat_files=("train_32x32.mat", "test_32x32.mat")),
-    "imagefolder": Dataset("imagefolder", "ImageFolder", None, None),
+    "imagefolder": Dataset("imagefolder", "ImageFolder", None, None, image_folder=True),
 }
+
+
+def named(name: str) -> Dataset:
+    """The catalogue row of data.name=`name` (bad input naming the choices otherwise)."""
+    if name not in CATALOG:
+        raise BadInput(f"data.name={name!r} is not supported: use one of {', '.join(CATALOG)}")
+    return CATALOG[name]
 
 
 def native_size(name: str) -> int:
@@ -58,7 +67,7 @@ def dataset_folder(root: str, dataset: Dataset) -> str:
     a parent of several datasets (mnist/, fashion-mnist/, ...; as torchvision accepts
     `<root>/MNIST/raw`), else the root itself. An image folder's root is always itself."""
     nested = os.path.join(root, dataset.name)
-    if dataset.name != "imagefolder" and os.path.isdir(nested):
+    if not dataset.image_folder and os.path.isdir(nested):
         return nested
     return root
 

@@ -1,5 +1,6 @@
 """Single-digit images prepared the way MNIST was: the shared geometry of font templates
-(autoencoder targets) and of user images fed to `job transform`.
+(autoencoder targets) and of user images fed to `job transform`; and `grid_png`, the
+preview grid every command writes.
 
 MNIST's recipe (LeCun et al.): white ink on black, the digit scaled so its longer side is
 20 px (aspect ratio kept, anti-aliased), placed in a 28x28 field with its centre of mass
@@ -12,7 +13,10 @@ inverted when the background (the border) is light, background level subtracted.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 INK_THRESHOLD = 0.25  # of the brightest ink: fainter pixels (paper texture, shadows) are not the digit
@@ -127,3 +131,16 @@ def templates(fonts: list[str], size: int = 28) -> np.ndarray:
     """uint8 [10, len(fonts), size, size]: every digit in every font."""
     loaded = [load_font(f) for f in fonts]
     return np.stack([np.stack([render_digit(font, d, size) for font in loaded]) for d in range(10)])
+
+
+def grid_png(images: torch.Tensor, nrow: int) -> bytes:
+    """Images in [-1, 1], [N, C, H, W] -> PNG bytes of a grid with `nrow` images per row."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    if images.shape[1] == 1:
+        array = array[:, :, 0]  # make_grid repeats grey images to RGB; store them as grey
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()

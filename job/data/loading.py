@@ -11,109 +11,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
-from job import config, datasets, storage
-from job.errors import BadInput
-
-DATASET_MANIFEST = "manifest.json"
-
-
-def cache_dir() -> str:
-    """$DIGITS_CACHE_DIR, else ~/.cache/digit-job (XDG_CACHE_HOME respected), created if
-    needed. Not writable (a read-only root with nothing mounted there): BadInput, one line."""
-    path = os.environ.get("DIGITS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "digit-job")
-    try:
-        os.makedirs(path, exist_ok=True)
-        writable = os.access(path, os.W_OK)
-        reason = "not writable"
-    except OSError as e:
-        writable, reason = False, e.strerror or type(e).__name__
-    if not writable:
-        raise BadInput(f"the cache folder {path} cannot be written ({reason}): mount a writable volume there "
-                       "(an emptyDir in Kubernetes, --tmpfs with docker/podman) or set DIGITS_CACHE_DIR")
-    return path
-
-
-def _dataset(name: str) -> datasets.Dataset:
-    if name not in datasets.CATALOG:
-        raise BadInput(f"data.name={name!r} is not supported: use one of {', '.join(datasets.CATALOG)}")
-    return datasets.CATALOG[name]
-
-
-# ----------------------------------------------------------------------------- staging
-
-
-def dataset_files(dataset: datasets.Dataset, root: str) -> dict[str, str]:
-    """{name relative to root (with / inside an image folder): local path} of what a
-    dataset is read from."""
-    if dataset.idx_files:
-        return {os.path.basename(p): p for p in datasets.find_idx_files(root, dataset).values()}
-    if dataset.flat_files:
-        paths = {n: os.path.join(root, n) for n in dataset.flat_files}
-        return {n: p for n, p in paths.items() if os.path.isfile(p)}
-    files = {}
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(n for n in names if not n.startswith(".")):
-            path = os.path.join(folder, name)
-            files[os.path.relpath(path, root).replace(os.sep, "/")] = path
-    return files
-
-
-def push(name: str, data_cfg: config.DataConfig, dest: str) -> dict:
-    """Stage dataset `name` from local data.root (downloading it there first when online)
-    to `dest` (folder or s3:// prefix): its files, then manifest.json with their sha256."""
-    dataset = _dataset(name)
-    storage.check_writable(dest)
-    if storage.is_remote(data_cfg.root):
-        raise BadInput(f"data push reads a local folder: data.root={data_cfg.root} is already on S3")
-    # Reading the dataset first proves it is complete (and downloads it when online).
-    load_split(dataclasses.replace(data_cfg, name=name), train=True)
-    files = dataset_files(dataset, datasets.dataset_folder(data_cfg.root, dataset))
-    if not files:
-        raise BadInput(f"data.root={data_cfg.root} holds no {name} files to push")
-    entries = {}
-    for rel, path in files.items():
-        storage.upload_file(path, storage.join(dest, rel))
-        entries[rel] = {"sha256": storage.file_sha256(path), "bytes": os.path.getsize(path)}
-    manifest = {"format": "digit-job/dataset", "version": 1, "name": name, "files": entries}
-    storage.write_bytes(storage.join(dest, DATASET_MANIFEST), json.dumps(manifest, indent=1).encode())
-    return manifest
-
-
-def fetch(uri: str, name: str) -> str:
-    """A local, verified copy of dataset `name` pushed to `uri`; downloaded once per node.
-
-    Files are checked against manifest.json's sha256 on download, and a cached copy is
-    reused on the next run. Call with the dataset lock held.
-    """
-    storage.check_readable(uri)
-    manifest_uri = storage.join(uri, DATASET_MANIFEST)
-    if not storage.exists(manifest_uri):
-        raise BadInput(f"{uri} holds no {DATASET_MANIFEST}: stage it with `python -m job data push {name} {uri}`")
-    try:
-        manifest = json.loads(storage.read_bytes(manifest_uri))
-        files = manifest["files"]
-        entries = [(str(rel), str(entry["sha256"])) for rel, entry in files.items()]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise BadInput(f"{manifest_uri} is not a digit-job dataset manifest") from None
-    if manifest.get("name") != name:
-        raise BadInput(f"{uri} holds {manifest.get('name')!r}, not data.name={name!r}")
-    local = os.path.join(cache_dir(), "datasets", *storage.local_name(uri).split("/"))
-    for rel, digest in entries:
-        if not storage.stays_inside(rel):
-            raise BadInput(f"{manifest_uri} names a file outside its prefix: {rel!r}")
-        path = os.path.join(local, *rel.split("/"))
-        if os.path.isfile(path) and storage.file_sha256(path) == digest:
-            continue  # cached and verified
-        storage.download_file(storage.join(uri, rel), path, sha256=digest)
-    return local
+from job.core import config
+from job.data import datasets
+from job import storage
+from job.core.cache import cache_dir
+from job.core.errors import BadInput
+from job.data.staging import fetch
 
 
 # ----------------------------------------------------------------------------- loading
@@ -126,19 +37,25 @@ class Split:
     num_classes: int
 
 
+@contextmanager
+def staged(dataset: datasets.Dataset, root: str) -> Iterator[str]:
+    """The local folder `dataset` is read from, with the node's dataset lock held: several
+    ranks (or a user's DataLoader processes) on one node must not download, fetch or unpack
+    the same files at once. `root`: data.root, a local folder or a pushed s3:// prefix."""
+    with FileLock(os.path.join(cache_dir(), "dataset.lock")):
+        if storage.is_remote(root):
+            yield fetch(root, dataset.name)
+        else:  # the dataset's own folder, or its sub-folder when data.root holds several datasets
+            yield datasets.dataset_folder(root, dataset)
+
+
 def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | str = "cpu") -> Split:
     """Load a whole split of `data_cfg` as tensors on `device`. Bad roots raise BadInput."""
-    dataset = _dataset(data_cfg.name)
-    cache = cache_dir()  # created and checked once
-    # Several ranks on one node must not download or extract the same files at once.
-    with FileLock(os.path.join(cache, "dataset.lock")):
-        if storage.is_remote(data_cfg.root):
-            root = fetch(data_cfg.root, dataset.name)
-        else:  # the dataset's own folder, or its sub-folder when data.root holds several datasets
-            root = datasets.dataset_folder(data_cfg.root, dataset)
-        if dataset.name == "imagefolder":
+    dataset = datasets.named(data_cfg.name)
+    with staged(dataset, data_cfg.root) as root:
+        if dataset.image_folder:
             return _load_image_folder(root, data_cfg, train, device)
-        tv_root = datasets.torchvision_root(root, dataset, cache)
+        tv_root = datasets.torchvision_root(root, dataset, cache_dir())
         try:
             images, labels = datasets.read_torchvision(dataset, tv_root, train)
         except Exception as e:  # offline download failure, corrupt archive, missing scipy, ...
@@ -148,6 +65,22 @@ def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | 
                 "point data.root or DIGITS_DATA_DIR at a folder with its files"
             ) from None
     return Split(images.to(device), labels.to(device), datasets.NUM_CLASSES)
+
+
+def mnist(train: bool = True, transform: Callable | None = None, target_transform: Callable | None = None,
+          root: str | None = None, download: bool = True):
+    """torchvision's MNIST dataset (public as job.readers.mnist), read from $DIGITS_DATA_DIR
+    (or `root`, a folder or a pushed s3:// prefix) when it holds the four MNIST files (gzip or
+    not, flat, in mnist/, or in torchvision's MNIST/raw layout; flat files are unpacked once
+    into the cache), else downloaded into `root` (default ./data) as torchvision does. Items
+    are (PIL image, int) like any torchvision dataset: pass transforms.v2 to match
+    ShardDataset's tensors."""
+    from torchvision.datasets import MNIST
+
+    dataset = datasets.named("mnist")
+    with staged(dataset, root or os.environ.get("DIGITS_DATA_DIR") or "data") as folder:
+        local = datasets.torchvision_root(folder, dataset, cache_dir())
+        return MNIST(local, train=train, transform=transform, target_transform=target_transform, download=download)
 
 
 def _load_image_folder(root: str, data_cfg: config.DataConfig, train: bool, device) -> Split:

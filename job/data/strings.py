@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from job.errors import BadInput
+from job.core.errors import BadInput
 
 MARGIN = 2  # empty columns left and right of the first and last digit
 INK = 48  # grey level (of 255) from which a pixel counts as ink for columns and boxes
@@ -270,3 +270,28 @@ def assemble(texts: list[str], digits: torch.Tensor, draws: GlyphDraws, layout: 
         boxes_t[i, : len(text)] = torch.tensor(boxes, dtype=torch.int64)
     padded = torch.stack([F.pad(im, (0, width - im.shape[-1])) for im in images])
     return StringBatch(padded, widths, labels, torch.tensor([len(t) for t in texts]), boxes_t, texts)
+
+
+# ----------------------------------------------------------------------------- layout=strings
+
+
+def check_sample_config(cfg) -> None:
+    """`job sample layout=strings`: every strings.* value, text= or texts=, and a format
+    that holds strings (job/shardsets/layouts.py calls this)."""
+    from job.shardsets.formats import strings_format
+
+    Layout.from_config(cfg.strings)
+    if cfg.text is not None and cfg.texts:
+        raise BadInput("pass text=<digits> or texts=<file>, not both")
+    if cfg.text is not None:
+        cfg.text = check_text(str(cfg.text), "text")
+    strings_format(cfg.format)
+    if cfg.labels != "balanced":
+        raise BadInput("labels= chooses single digits; for strings use strings.digits= (or text=/texts=)")
+
+
+def check_generator(G, uri: str) -> None:
+    """A generator strings can be drawn from: class-conditional over the ten digits."""
+    if G.num_classes != 10 or G.output_shape[0] not in (1, 3):
+        raise BadInput(f"layout=strings needs a class-conditional generator of the ten digits; {uri} "
+                       f"has {G.num_classes or 'no'} classes")

@@ -10,7 +10,7 @@ stream, or read from the shard set and checked against its manifest) -> one clas
 pass per set -> metrics per row (quality.py) -> TSTR: a fresh classifier trained on each
 row's digits, tested on the real test split -> report.json, report.md, grid.png in `out`.
 
-augment.k=K adds the augmentation user's question (job/lift.py): a classifier trained on K
+augment.k=K adds the augmentation user's question (job/evaluation/lift.py): a classifier trained on K
 real digits per class alone, and on those plus augment.ratio x K x classes of the subject's
 digits, both tested on the real test split, over augment.seeds seeds: the report's
 "augment" section holds both accuracies and the lift in points.
@@ -30,12 +30,18 @@ from dataclasses import dataclass
 
 import torch
 
-from job import checkpoint, config, console, data, evaluate_strings, lift, quality, runtime, sample, scoring, storage
-from job.errors import BadInput
-from job.logs import grid_png
-from job.reports import write_report
-from job.shard_sets import read_manifest, shard_set_digits
-from job.train_classifier import fit
+from job import storage
+from job.core import config, console, runtime, seeds
+from job.core.errors import BadInput
+from job.data import loading
+from job.data.digit_image import grid_png
+from job.evaluation import lift, quality
+from job.models import scoring
+from job.sampling.generation import draw_inputs, generate, generation_precision
+from job.shardsets import layouts
+from job.shardsets.sets import read_manifest, shard_set_digits
+from job.storage.reports import write_report
+from job.training.classifier import fit
 
 REPORT_FORMAT = "digit-job/evaluation"
 
@@ -46,17 +52,17 @@ REPORT_FORMAT = "digit-job/evaluation"
 def generated_digits(G, n: int, seed: int, batch: int, device,
                      precision: str = "no") -> tuple[torch.Tensor, torch.Tensor]:
     """n digits from G with balanced labels (NO_LABEL when unconditional), seeded."""
-    gen = torch.Generator().manual_seed(runtime.stream_seed(seed, 0xE7A1))
-    z, labels = sample.draw_inputs(n, G.latent_dim, G.num_classes, "balanced", gen)
-    return sample.generate(G, z, labels, batch, device, precision), labels
+    gen = torch.Generator().manual_seed(seeds.stream_seed(seed, 0xE7A1))
+    z, labels = draw_inputs(n, G.latent_dim, G.num_classes, "balanced", gen)
+    return generate(G, z, labels, batch, device, precision), labels
 
 
-def class_means_model(train: data.Split, image_size: int):
+def class_means_model(train: loading.Split, image_size: int):
     """The mean-image baseline (models.mean, as `train model.kind=mean` makes it) of `train`."""
     from job.models.mean import MeanImages, class_sums, means_from_sums
 
     model = MeanImages(train.images.shape[1], image_size, train.num_classes)
-    to_input = lambda x: data.to_model_input(x, image_size, channels_last=False)  # noqa: E731
+    to_input = lambda x: loading.to_model_input(x, image_size, channels_last=False)  # noqa: E731
     model.means.copy_(means_from_sums(*class_sums(train.images, train.labels, train.num_classes, to_input)))
     return model.eval()
 
@@ -68,11 +74,11 @@ class Scorer:
     """Everything a row is measured against: the classifier, the real reference features,
     the real test split, and the settings."""
 
-    def __init__(self, cfg: config.EvaluateJob, classifier, classifier_kwargs: dict, train: data.Split,
-                 test: data.Split, device):
+    def __init__(self, cfg: config.EvaluateJob, classifier, classifier_kwargs: dict, train: loading.Split,
+                 test: loading.Split, device):
         self.cfg, self.classifier, self.classifier_kwargs, self.device = cfg, classifier, classifier_kwargs, device
         self.train, self.test = train, test
-        gen = torch.Generator().manual_seed(runtime.stream_seed(cfg.seed, 0x5EA1))
+        gen = torch.Generator().manual_seed(seeds.stream_seed(cfg.seed, 0x5EA1))
         reference_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.n]
         self.reference = self.score(train.images[reference_idx], "the real train split")
         self.reference_manifold = quality.Manifold(self.reference.features, cfg.k)  # shared by every row
@@ -178,7 +184,7 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, co
         images = images[torch.cat(picks)] if picks else images[:0]
     else:
         images = images[: columns * 10]
-    return grid_png(data.to_model_input(images, images.shape[-1], channels_last=False), nrow=columns)
+    return grid_png(loading.to_model_input(images, images.shape[-1], channels_last=False), nrow=columns)
 
 
 def default_out(cfg: config.EvaluateJob) -> str:
@@ -212,7 +218,7 @@ def _read_subject(cfg: config.EvaluateJob, classifier, manifest: dict | None, wa
         if G.output_shape[0] != classifier.channels:
             raise BadInput(f"{cfg.generator} makes {G.output_shape[0]}-channel images but the classifier "
                            f"expects {classifier.channels}: pass a classifier= trained on this dataset")
-        return _Subject({"uri": cfg.generator, "kind": "generator", "sha256": checkpoint.sha256(raw), **info}, G)
+        return _Subject({"uri": cfg.generator, "kind": "generator", "sha256": storage.sha256(raw), **info}, G)
     images, labels = shard_set_digits(cfg.samples, manifest, wanted)
     if len(labels) < cfg.n:
         raise BadInput(f"samples={cfg.samples} holds {len(labels)} digits, fewer than n={cfg.n}")
@@ -243,7 +249,7 @@ def _check_augment(cfg: config.EvaluateJob, subject: _Subject, num_classes: int)
 
 
 def _augment(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, say) -> dict | None:
-    """Phase 3b: real k per class alone vs plus the subject's digits, per seed (job/lift.py)."""
+    """Phase 3b: real k per class alone vs plus the subject's digits, per seed (job/evaluation/lift.py)."""
     a = cfg.augment
     if not a.k:
         return None
@@ -273,8 +279,8 @@ def _read_baseline(cfg: config.EvaluateJob, classifier) -> torch.nn.Module | Non
     return baseline
 
 
-def _score_rows(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, baseline, train: data.Split,
-                test: data.Split, device: torch.device, precision_mode: str, say) -> dict:
+def _score_rows(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, baseline, train: loading.Split,
+                test: loading.Split, device: torch.device, precision_mode: str, say) -> dict:
     """Phase 3: one row per scored set: the subject, the real floor, the baseline."""
     wanted = max(cfg.n, cfg.tstr.n)
     name = "generator" if subject.generator is not None else "samples"
@@ -284,7 +290,7 @@ def _score_rows(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, base
     rows[name] = scorer.row(images[: cfg.n], labels[: cfg.n], images[: cfg.tstr.n], labels[: cfg.tstr.n], name)
 
     say("scoring the real floor")
-    gen = torch.Generator().manual_seed(runtime.stream_seed(cfg.seed, 0x7E57))
+    gen = torch.Generator().manual_seed(seeds.stream_seed(cfg.seed, 0x7E57))
     test_idx = torch.randperm(len(test.labels), generator=gen)[: cfg.n]
     tstr_idx = torch.randperm(len(train.labels), generator=gen)[: cfg.tstr.n]
     rows["real"] = scorer.row(test.images[test_idx], test.labels[test_idx], train.images[tstr_idx],
@@ -301,16 +307,21 @@ def _score_rows(cfg: config.EvaluateJob, scorer: Scorer, subject: _Subject, base
 
 
 def main(cfg: config.EvaluateJob) -> int:
-    started = time.perf_counter()
-    # Phase 1: everything that can reject the input happens before anything is written.
+    """Phase 1: the classifier, the shard set's manifest (with samples=) and the output
+    folder, checked before anything is written; then the report of the set's layout (a
+    generator draws single digits)."""
     classifier, classifier_info, _ = scoring.load_classifier(cfg.classifier)
     manifest = read_manifest(cfg.samples) if cfg.samples else None
     out = default_out(cfg)
     storage.check_writable(out)
-    if manifest is not None and manifest.get("layout") == "strings":
-        if cfg.augment.k:
-            raise BadInput("augment.k asks about single digits: samples= holds strings (layout=strings)")
-        return evaluate_strings.main(cfg, manifest, out, classifier, classifier_info)
+    layout = layouts.named(manifest.get("layout") if manifest else None)
+    return layout.function("evaluate")(cfg, manifest, out, classifier, classifier_info)
+
+
+def evaluate_digits(cfg: config.EvaluateJob, manifest: dict | None, out: str, classifier,
+                    classifier_info: dict) -> int:
+    """The report on single digits: a generator's, or a shard set's of layout=digits."""
+    started = time.perf_counter()
     wanted = max(cfg.n, cfg.tstr.n, synthetic_count(cfg, classifier.num_classes))
     subject = _read_subject(cfg, classifier, manifest, wanted)
     _check_augment(cfg, subject, classifier.num_classes)
@@ -319,7 +330,7 @@ def main(cfg: config.EvaluateJob) -> int:
     acc, precision = runtime.make_accelerator(cfg.precision, deterministic=True)
     device = acc.device
     if subject.generator is not None:
-        precision = sample.generation_precision(cfg.precision, subject.generator, subject.record, cfg.batch_size, acc)
+        precision = generation_precision(cfg.precision, subject.generator, subject.record, cfg.batch_size, acc)
         precision.apply()
     if not acc.is_main_process:  # one process does the whole evaluation
         acc.wait_for_everyone()
@@ -328,8 +339,8 @@ def main(cfg: config.EvaluateJob) -> int:
     say = lambda msg: console.say(f"{msg}")  # noqa: E731
     say(f"{runtime.describe(acc, precision)}; writing to {out}")
     # Phase 2: the real data, and the subject's digits when it is a generator.
-    train = data.load_split(cfg.data, train=True)
-    test = data.load_split(cfg.data, train=False)
+    train = loading.load_split(cfg.data, train=True)
+    test = loading.load_split(cfg.data, train=False)
     if train.num_classes != classifier.num_classes:
         raise BadInput(f"the classifier knows {classifier.num_classes} classes but {cfg.data.name} "
                        f"has {train.num_classes}")

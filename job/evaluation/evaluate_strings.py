@@ -18,10 +18,13 @@ import time
 import numpy as np
 import torch
 
-from job import config, console, digit_image, runtime, scoring, shards
-from job.errors import BadInput
-from job.reports import write_report
-from job.shard_sets import manifest_uri, verified_shard_files
+from job.core import config, console, runtime
+from job.core.errors import BadInput
+from job.data import digit_image
+from job.models import scoring
+from job.shardsets import formats
+from job.shardsets.sets import manifest_uri, verified_shard_files
+from job.storage.reports import write_report
 
 REPORT_FORMAT = "digit-job/strings-report"
 
@@ -33,7 +36,7 @@ def read_strings(uri: str, manifest: dict, n: int) -> list[tuple[torch.Tensor, s
     for record in manifest["shards"]:
         if len(items) >= n:
             break
-        items.extend(shards.decode_strings(manifest["shard_format"], verified_shard_files(uri, record, where)))
+        items.extend(formats.decode_strings(manifest["shard_format"], verified_shard_files(uri, record, where)))
     return items[:n]
 
 
@@ -107,8 +110,11 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: config.EvaluateJob, manifest: dict, out: str, classifier, classifier_info: dict) -> int:
-    """Called by evaluate.main with the checked manifest, output folder and classifier."""
+def evaluate(cfg: config.EvaluateJob, manifest: dict, out: str, classifier, classifier_info: dict) -> int:
+    """The report on a set of layout=strings, called by evaluate.main (through
+    job/shardsets/layouts.py) with the checked manifest, output folder and classifier."""
+    if cfg.augment.k:
+        raise BadInput("augment.k asks about single digits: samples= holds strings (layout=strings)")
     started = time.perf_counter()
     items = read_strings(cfg.samples, manifest, cfg.n)
     if not items:

@@ -16,15 +16,16 @@ import statistics
 
 import torch
 
-from job import runtime, scoring
-from job.errors import BadInput
-from job.train_classifier import fit
+from job.core import seeds
+from job.core.errors import BadInput
+from job.models import scoring
+from job.training.classifier import fit
 
 
 def real_per_class(images: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int,
                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k digits of each class, drawn without replacement by `seed` (the same for every caller)."""
-    gen = torch.Generator().manual_seed(runtime.stream_seed(seed, 0xA116))
+    gen = torch.Generator().manual_seed(seeds.stream_seed(seed, 0xA116))
     picks = []
     for c in range(num_classes):
         of_class = torch.nonzero(labels == c).flatten()

@@ -1,5 +1,6 @@
 """Building and loading models: a model file's (kind, arch) names its network class in the
-registry of job/kinds.py.
+registry of job/core/kinds.py. Model files themselves: job/models/files.py; the classifier's
+scores of images: job/models/scoring.py.
 
 Every size is a constructor argument (no module globals), so a model file's metadata
 (kind, arch, constructor kwargs) is enough to rebuild the network.
@@ -13,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from job.errors import BadInput
-from job.kinds import GENERATOR_KINDS, KINDS
+from job.core.errors import BadInput
+from job.core.kinds import GENERATOR_KINDS, KINDS
 from job.models.dcgan import ARCHS
 
 # Model files shipped inside the package (job/weights/README.md says how each was made) are
-# registered with their kind in job/kinds.py: `classifier=builtin:mnist`,
+# registered with their kind in job/core/kinds.py: `classifier=builtin:mnist`,
 # `transform generator=builtin:mnist`.
 BUILTIN_PREFIX = "builtin:"
 
@@ -29,7 +30,7 @@ def build_gan(arch: str, latent_dim: int, g_width: int, d_width: int, channels: 
     gen_cls, disc_cls = ARCHS[arch]
     g_kwargs = {"latent_dim": latent_dim, "width": g_width, "channels": channels, "num_classes": num_classes}
     d_kwargs = {"width": d_width, "channels": channels, "num_classes": num_classes, "minibatch_std": minibatch_std}
-    if arch != "dcgan64":  # the classic architecture has one size
+    if arch not in KINDS["dcgan"].fixed_sizes:  # an architecture of one size takes no image_size
         g_kwargs["image_size"] = d_kwargs["image_size"] = image_size
     return gen_cls(**g_kwargs), disc_cls(**d_kwargs), g_kwargs
 
@@ -46,7 +47,7 @@ def resolve_builtin(spec: str, kind: str) -> str:
 
 
 def build_model(kind: str, arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    """The network of (kind, arch) as registered in job/kinds.py, built from its kwargs."""
+    """The network of (kind, arch) as registered in job/core/kinds.py, built from its kwargs."""
     if kind not in KINDS or arch not in KINDS[kind].archs:
         raise BadInput(f"model kind={kind!r} arch={arch!r} is not one this version can build")
     try:
@@ -59,7 +60,7 @@ def load_model(uri: str, kind: str | tuple[str, ...],
                device: torch.device | str = "cpu") -> tuple[nn.Module, dict, bytes]:
     """Rebuild the model stored in `uri` (of `kind`, or one of several), in eval mode.
     Returns (model, info, file bytes)."""
-    from job.checkpoint import read_model_file
+    from job.models.files import read_model_file
 
     tensors, info, data = read_model_file(uri)
     kinds = (kind,) if isinstance(kind, str) else kind

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from job import data
-from job.errors import BadInput
+from job.core.errors import BadInput
+from job.data import loading
 
 
 def resolve_classifier(spec: str) -> str:
@@ -55,7 +55,7 @@ def score(model, images: torch.Tensor, batch_size: int = 1000, device: torch.dev
     device = torch.device(device) if device is not None else next(model.parameters()).device
     features, logits = [], []
     for start in range(0, images.shape[0], batch_size):
-        x = data.to_model_input(images[start : start + batch_size].to(device), model.image_size, channels_last=False)
+        x = loading.to_model_input(images[start : start + batch_size].to(device), model.image_size, channels_last=False)
         f, y = model.features_and_logits(x)
         features.append(f.float().cpu())
         logits.append(y.float().cpu())

@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from job import checkpoint, config, console, data, digit_image, runtime, storage
-from job.errors import BadInput
-from job.logs import grid_png
+from job import storage
+from job.core import config, console, runtime
+from job.core.errors import BadInput
+from job.data import digit_image, loading
+from job.data.digit_image import grid_png
 from job.models import load_model, resolve_builtin
 from job.models.autoencoder import nearest_template
 
@@ -140,7 +142,7 @@ def _print_digits(model, handwritten: torch.Tensor, batch_size: int, device: tor
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(handwritten), batch_size):
-            x = data.to_model_input(handwritten[start : start + batch_size].to(device), model.image_size, False)
+            x = loading.to_model_input(handwritten[start : start + batch_size].to(device), model.image_size, False)
             outputs.append(model(x).float().cpu())
     return torch.cat(outputs)
 
@@ -148,8 +150,8 @@ def _print_digits(model, handwritten: torch.Tensor, batch_size: int, device: tor
 def _side_by_side(previews: list[torch.Tensor], handwritten: torch.Tensor, printed: torch.Tensor, size: int) -> bytes:
     """side-by-side.png: per row the original, the prepared input and each font's output."""
     rows = len(previews)
-    columns = [data.to_model_input(torch.stack(previews), size, False),
-               data.to_model_input(handwritten[:rows, :1], size, False)]
+    columns = [loading.to_model_input(torch.stack(previews), size, False),
+               loading.to_model_input(handwritten[:rows, :1], size, False)]
     columns += [printed[:rows, f : f + 1] for f in range(printed.shape[1])]
     preview = torch.stack(columns, dim=1).flatten(0, 1)  # row-major: input, then column
     preview = torch.nn.functional.interpolate(preview, scale_factor=PREVIEW_SCALE, mode="nearest")
@@ -175,14 +177,14 @@ def main(cfg: config.TransformJob) -> int:
 
     # Phase 4: one PNG per input, the side-by-side preview, then report.json.
     names = output_names(prepared.names)
-    for name, image in zip(names, data.to_pixels(printed)):
+    for name, image in zip(names, loading.to_pixels(printed)):
         storage.write_bytes(storage.join(cfg.out, name), png(image))
     storage.write_bytes(storage.join(cfg.out, "side-by-side.png"),
                         _side_by_side(prepared.previews, handwritten, printed, size))
     report = {
         "format": REPORT_FORMAT,
         "version": 1,
-        "generator": {"uri": cfg.generator, "sha256": checkpoint.sha256(raw), "fonts": info["extra"].get("fonts")},
+        "generator": {"uri": cfg.generator, "sha256": storage.sha256(raw), "fonts": info["extra"].get("fonts")},
         "inputs": cfg.inputs,
         "outputs": [{"input": n, "output": o, "digit": int(d), "distance": round(float(e), 5)}
                     for n, o, d, e in zip(prepared.names, names, digits, distances)],

@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from job.errors import BadInput
+from job.core.errors import BadInput
 
 NO_LABEL = -1
 
@@ -97,7 +97,7 @@ def strings_format(fmt: str) -> ShardFormat:
 
 
 def encode_strings(fmt: str, index: int, batch) -> dict[str, bytes]:
-    """{file name: bytes} for one shard of strings (a job.strings.StringBatch)."""
+    """{file name: bytes} for one shard of strings (a job.data.strings.StringBatch)."""
     return strings_format(fmt).encode_strings(index, batch)
 
 

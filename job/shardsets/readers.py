@@ -1,6 +1,6 @@
 """Read a sample set (`job sample`'s output) in your own training code: two PyTorch datasets.
 
-    from job.readers import ShardDataset, ShardStream
+    from job.shardsets.readers import ShardDataset, ShardStream
 
     digits = ShardDataset("runs/quickstart/digits")   # map-style: len(digits), digits[i] -> (image, label)
     stream = ShardStream("s3://bucket/synthetic/v1", shuffle_window=10_000, seed=0)  # streamed, no local copy
@@ -48,7 +48,6 @@ s3:// set is read: not accelerate, the models or any command.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 import json
 import os
@@ -59,10 +58,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from job import checkpoint, shards, storage
-from job.shard_sets import (
-    ShardSetInvalid,
-    ShardSetMissing,
+from job import storage
+from job.core import seeds
+from job.shardsets import formats, layouts
+from job.shardsets.sets import (
     manifest_uri,
     read_manifest,
     safe_name,
@@ -72,13 +71,13 @@ from job.shard_sets import (
 CLASSES = [str(digit) for digit in range(10)]  # label k is the digit k
 
 
-def _open_shard(folder: str, record: dict, fmt: str, strings: bool, where: str, verify: bool) -> shards.ShardItems:
+def _open_shard(folder: str, record: dict, fmt: str, strings: bool, where: str, verify: bool) -> formats.ShardItems:
     """Random access to one shard: memory-mapped when it is a local file the format can map
     and needs no check, else its files' bytes (checked against the manifest when `verify`)."""
-    opener = shards.format_named(fmt).open_file
+    opener = formats.format_named(fmt).open_file
     if opener is not None and not verify and not storage.is_remote(folder):
         return opener(os.path.join(folder, safe_name(next(iter(record["files"])), where)), strings)
-    return shards.read_items(fmt, verified_shard_files(folder, record, where, verify=verify), strings)
+    return formats.read_items(fmt, verified_shard_files(folder, record, where, verify=verify), strings)
 
 
 class _SetReader:
@@ -92,7 +91,8 @@ class _SetReader:
         self.uri, self.dtype, self.transform, self.target_transform = uri, dtype, transform, target_transform
         self.manifest = read_manifest(uri)
         self.format = self.manifest["shard_format"]
-        self.strings = self.manifest.get("layout") == "strings"
+        self.layout = layouts.named(self.manifest.get("layout"))
+        self.strings = self.layout.items_are_strings
         self.records = self.manifest["shards"]
         self.counts = [int(record["count"]) for record in self.records]
         self.where = manifest_uri(uri)
@@ -113,9 +113,8 @@ class _SetReader:
         return (image, target, *item[2:])
 
     def _describe(self, lines: list[str]) -> str:
-        kind = "strings" if self.strings else "digits"
         body = [f"Number of datapoints: {self.count}", f"Location: {self.uri}",
-                f"Format: {self.format}, {len(self.records)} shards of {kind}", *lines]
+                f"Format: {self.format}, {len(self.records)} shards of {self.layout.unit}s", *lines]
         if self.dtype != torch.uint8:
             body.append(f"Images: {self.dtype} in [0, 1]")
         if self.transform is not None:
@@ -138,15 +137,15 @@ class ShardDataset(_SetReader, Dataset):
             for record in self.records:
                 verified_shard_files(uri, record, self.where)
         self.offsets = [0, *itertools.accumulate(self.counts)]  # offsets[s]: index of shard s's first item
-        self._open: dict[int, shards.ShardItems] = {}
+        self._open: dict[int, formats.ShardItems] = {}
         self._targets: torch.Tensor | None = None
 
     def _local_copy(self, cache_dir: str | None) -> str:
         """Download the set's files into the cache once (each checked against its sha256)."""
-        from job.data import cache_dir as default_cache  # the job's cache folder, created on first use
+        from job.core.cache import cache_dir as default_cache  # the job's cache folder, created on first use
 
         # One folder per set's content: a set rewritten under the same URI gets its own.
-        records_sha = checkpoint.sha256(json.dumps(self.records, sort_keys=True).encode())
+        records_sha = storage.sha256(json.dumps(self.records, sort_keys=True).encode())
         folder = os.path.join(cache_dir or os.path.join(default_cache(), "samples"), records_sha[:16])
         for record in self.records:
             for name, entry in record["files"].items():
@@ -163,7 +162,7 @@ class ShardDataset(_SetReader, Dataset):
         # File handles stay behind: a DataLoader worker opens its own on first use.
         return {**self.__dict__, "_open": {}}
 
-    def _shard(self, s: int) -> shards.ShardItems:
+    def _shard(self, s: int) -> formats.ShardItems:
         if s not in self._open:  # checked at construction (or as it was copied): read as it is
             self._open[s] = _open_shard(self.folder, self.records[s], self.format, self.strings, self.where,
                                         verify=False)
@@ -224,9 +223,6 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _seed_of(*parts: int) -> int:
-    """A 63-bit generator seed from integers: the same in every process and Python run."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 class _EpochOrder:
@@ -236,7 +232,7 @@ class _EpochOrder:
 
     def __init__(self, counts: list[int], seed: int, epoch: int, shuffle_shards: bool, window: int):
         n = len(counts)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_of(seed, epoch))).tolist() \
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seeds.stream_seed(seed, epoch))).tolist() \
             if shuffle_shards and n > 1 else list(range(n))
         self.shards = order
         self.starts = [0, *itertools.accumulate(counts[s] for s in order)]
@@ -249,7 +245,7 @@ class _EpochOrder:
             w, base = p // self.window, p - p % self.window
             if w != self._window_index:
                 size = min(self.window, self.starts[-1] - base)
-                g = torch.Generator().manual_seed(_seed_of(self.seed, self.epoch, w))
+                g = torch.Generator().manual_seed(seeds.stream_seed(self.seed, self.epoch, w))
                 self._window_index, self._window_perm = w, torch.randperm(size, generator=g).tolist()
             p = base + self._window_perm[p - base]
         k = bisect.bisect_right(self.starts, p) - 1
@@ -259,11 +255,11 @@ class _EpochOrder:
 class _OpenShards:
     """The shards one reader holds, the least recently used let go past `capacity`."""
 
-    def __init__(self, opener: Callable[[int], shards.ShardItems], capacity: int):
+    def __init__(self, opener: Callable[[int], formats.ShardItems], capacity: int):
         self.opener, self.capacity = opener, capacity
-        self.held: OrderedDict[int, shards.ShardItems] = OrderedDict()
+        self.held: OrderedDict[int, formats.ShardItems] = OrderedDict()
 
-    def get(self, s: int) -> shards.ShardItems:
+    def get(self, s: int) -> formats.ShardItems:
         if s in self.held:
             self.held.move_to_end(s)
         else:
@@ -404,25 +400,5 @@ class ShardStream(_SetReader, IterableDataset):
 # ----------------------------------------------------------------------------- real digits
 
 
-def mnist(train: bool = True, transform: Callable | None = None, target_transform: Callable | None = None,
-          root: str | None = None, download: bool = True):
-    """torchvision's MNIST dataset, read from $DIGITS_DATA_DIR (or `root`) when that folder
-    holds the four MNIST files (gzip or not, flat, in mnist/, or in torchvision's MNIST/raw
-    layout; flat files are unpacked once into the cache), else downloaded into `root`
-    (default ./data) as torchvision does. Items are (PIL image, int) like any torchvision
-    dataset: pass transforms.v2 to match ShardDataset's tensors."""
-    from filelock import FileLock
-    from torchvision.datasets import MNIST
-
-    from job import datasets
-    from job.data import cache_dir
-
-    root = root or os.environ.get("DIGITS_DATA_DIR") or "data"
-    spec = datasets.CATALOG["mnist"]
-    cache = cache_dir()
-    with FileLock(os.path.join(cache, "dataset.lock")):  # the same lock the job's loaders take
-        local = datasets.torchvision_root(datasets.dataset_folder(root, spec), spec, cache)
-        return MNIST(local, train=train, transform=transform, target_transform=target_transform, download=download)
 
 
-__all__ = ["CLASSES", "ShardDataset", "ShardSetInvalid", "ShardSetMissing", "ShardStream", "mnist"]

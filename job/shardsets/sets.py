@@ -12,8 +12,9 @@ import json
 
 import torch
 
-from job import checkpoint, shards, storage
-from job.errors import BadInput
+from job import storage
+from job.core.errors import BadInput
+from job.shardsets import formats
 
 MANIFEST = "manifest.json"  # written last by `job sample`: its presence marks a complete set
 
@@ -50,7 +51,7 @@ def read_manifest(uri: str) -> dict:
             raise TypeError("shards is not a list")
     except (ValueError, KeyError, TypeError) as e:
         raise ShardSetInvalid(f"{where} is not a digit-job manifest ({e})") from None
-    if fmt not in shards.FORMATS:
+    if fmt not in formats.FORMATS:
         raise ShardSetInvalid(f"{where} names an unknown shard format {fmt!r}")
     return manifest
 
@@ -62,7 +63,7 @@ def verified_shard_files(uri: str, record: dict, where: str, verify: bool = True
     files = {}
     for name, entry in record["files"].items():
         blob = storage.read_bytes(storage.join(uri, safe_name(name, where)))
-        if verify and checkpoint.sha256(blob) != entry["sha256"]:
+        if verify and storage.sha256(blob) != entry["sha256"]:
             raise ShardSetInvalid(f"{storage.join(uri, name)} does not match the sha256 in {where}")
         files[name] = blob
     return files
@@ -76,7 +77,7 @@ def shard_set_digits(uri: str, manifest: dict, n: int) -> tuple[torch.Tensor, to
     for record in records:
         if have >= n:
             break
-        x, y = shards.decode(fmt, verified_shard_files(uri, record, manifest_uri(uri)))
+        x, y = formats.decode(fmt, verified_shard_files(uri, record, manifest_uri(uri)))
         images.append(x)
         labels.append(y)
         have += len(y)

@@ -2,7 +2,7 @@
 
 Every file the job reads or writes goes through here, so the rest of the code never asks
 "is this S3?" (`is_remote` says whether a URI is stored elsewhere, e.g. to cache it). A URI
-is parsed once, by `backend()`: no scheme is a local path (job/storage_local.py), s3:// is
+is parsed once, by `backend()`: no scheme is a local path (job/storage/local.py), s3:// is
 S3 (job/storage_s3.py, boto3's standard AWS_* settings), and any other scheme is bad input
 naming what works, never a local folder named after the scheme.
 
@@ -20,13 +20,13 @@ import re
 from collections.abc import Iterator
 from typing import Protocol
 
-from job.errors import BadInput
-from job.storage_local import LocalFiles
-from job.storage_s3 import S3Objects, reset_client, split_s3
+from job.core.errors import BadInput
+from job.storage.local import LocalFiles
+from job.storage.s3 import S3Objects, reset_client, split_s3
 
 __all__ = ["SUPPORTED", "backend", "check_readable", "check_writable", "delete", "delete_tree", "download_file",
            "exists", "file_sha256", "is_remote", "join", "list_names", "local_name", "read_bytes", "reset_client",
-           "size", "split_s3", "stays_inside", "upload_file", "walk_files", "write_bytes"]
+           "sha256", "size", "split_s3", "stays_inside", "upload_file", "walk_files", "write_bytes"]
 
 
 class Backend(Protocol):
@@ -143,6 +143,11 @@ def check_writable(uri: str) -> None:
 def check_readable(uri: str) -> None:
     """Fail early if `uri` is missing (local) or its bucket is missing or refuses these credentials."""
     backend(uri).check_readable(uri)
+
+
+def sha256(data: bytes) -> str:
+    """The hex sha256 of bytes: what manifests and model records name files by."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: str) -> str:

@@ -1,4 +1,4 @@
-"""The local-path backend of job/storage.py.
+"""The local-path backend of job/storage/__init__.py.
 
 Writes are atomic: a file is written to a temporary name in its folder, synced and renamed,
 so readers see the old file or the whole new one. Temporary names (`.tmp-*`) are never
@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from job.errors import BadInput, write_failed
+from job.core.errors import BadInput, write_failed
 
 _UMASK: int | None = None
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from job import console, storage
+from job import storage
+from job.core import console
 
 
 def write_report(out: str, report: dict, markdown: str, grid_png: bytes) -> None:

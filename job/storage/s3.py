@@ -1,4 +1,4 @@
-"""The s3:// backend of job/storage.py (boto3, imported on the first s3:// URI).
+"""The s3:// backend of job/storage/__init__.py (boto3, imported on the first s3:// URI).
 
 S3 settings come from boto3's standard chain only: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity (IRSA), AWS_MAX_ATTEMPTS (default 5),
@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from job.errors import BadInput, StorageUnreachable
+from job.core.errors import BadInput, StorageUnreachable
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bytes; larger files go up and down in parts
 # S3's bucket naming rules: 3-63 lower-case letters, digits, dots and hyphens, starting and

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import torch
 
-from job import checkpoint, data, digit_image, storage
-from job.errors import BadInput
-from job.logs import grid_png
+from job import storage
+from job.core.errors import BadInput
+from job.data import datasets, digit_image, loading
+from job.data.digit_image import grid_png
 from job.models import build_model
 from job.models.autoencoder import nearest_template
-from job.steps import autoencoder_step, warmup_cosine_lr
-from job.trainer import Trainer
+from job.models.files import export_model
+from job.training.steps import autoencoder_step, warmup_cosine_lr
+from job.training.trainer import Trainer
 
 ARCH = "conv"
-DIGIT_DATASETS = ("mnist", "emnist-digits", "usps", "svhn", "imagefolder")
 GRID_EXAMPLES = 4  # pairs of rows (handwritten, printed) in the grid
 
 
@@ -34,14 +35,14 @@ def font_templates(font_spec: str, image_size: int) -> tuple[list[str], torch.Te
         pixels = digit_image.templates(fonts, image_size)
     except (OSError, ValueError) as e:
         raise BadInput(f"model.font={font_spec!r} cannot be used ({e}): give TTF/OTF paths, auto or builtin") from None
-    return fonts, data.to_model_input(torch.from_numpy(pixels), image_size, channels_last=False)
+    return fonts, loading.to_model_input(torch.from_numpy(pixels), image_size, channels_last=False)
 
 
 class AutoencoderTrainer(Trainer):
 
     def build(self) -> None:
         cfg, m = self.cfg, self.cfg.model
-        if cfg.data.name not in DIGIT_DATASETS or self.dataset_classes != 10:
+        if not datasets.named(cfg.data.name).digits or self.dataset_classes != 10:
             raise BadInput(f"model.kind=autoencoder draws the digits 0-9: data.name={cfg.data.name} "
                            f"({self.dataset_classes} classes) is not a digit dataset")
         self.fonts, templates = font_templates(m.font, cfg.data.image_size)
@@ -52,7 +53,7 @@ class AutoencoderTrainer(Trainer):
         self.modules = {"autoencoder": model}
         self.trained = ["autoencoder"]
         self.accuracy: float | None = None
-        self._test: data.Split | None = None
+        self._test: loading.Split | None = None
 
     def prepare(self) -> None:
         self.net = self.prepare_adamw("autoencoder")
@@ -71,9 +72,9 @@ class AutoencoderTrainer(Trainer):
         out["lr"] = torch.tensor(lr)
         return out
 
-    def test_split(self) -> data.Split:
+    def test_split(self) -> loading.Split:
         if self._test is None:
-            self._test = data.load_split(self.cfg.data, train=False)
+            self._test = loading.load_split(self.cfg.data, train=False)
         return self._test
 
     @torch.no_grad()
@@ -81,7 +82,7 @@ class AutoencoderTrainer(Trainer):
         """Outputs in [-1, 1] (on the CPU) for uint8 handwritten `images`, in eval mode."""
         net = self.modules["autoencoder"].eval()
         try:
-            outs = [net(data.to_model_input(images[i : i + batch].to(self.device), self.cfg.data.image_size, False))
+            outs = [net(loading.to_model_input(images[i : i + batch].to(self.device), self.cfg.data.image_size, False))
                     for i in range(0, len(images), batch)]
         finally:
             net.train()
@@ -101,7 +102,7 @@ class AutoencoderTrainer(Trainer):
         picks = torch.stack([torch.nonzero(test.labels.cpu() == c).flatten()[:GRID_EXAMPLES] for c in range(10)], 1)
         handwritten = test.images.cpu()[picks.flatten()]  # row-major: example, then class
         printed = self.printed(handwritten)[:, :1]
-        handwritten = data.to_model_input(handwritten, self.cfg.data.image_size, False)
+        handwritten = loading.to_model_input(handwritten, self.cfg.data.image_size, False)
         if handwritten.shape[1] != 1:  # show RGB inputs as grey next to grey outputs
             handwritten = handwritten.mean(1, keepdim=True)
         rows = torch.stack([handwritten.view(GRID_EXAMPLES, 10, *printed.shape[1:]),
@@ -113,7 +114,7 @@ class AutoencoderTrainer(Trainer):
             self.evaluate(step)
         extra = {"dataset": self.cfg.data.name, "fonts": [f.rsplit("/", 1)[-1] for f in self.fonts],
                  "nearest_template_accuracy": self.accuracy, "seed": self.cfg.seed, "steps": step}
-        checkpoint.export_model(storage.join(self.cfg.run.dir, self.model_file),
+        export_model(storage.join(self.cfg.run.dir, self.model_file),
                                 self.modules["autoencoder"].state_dict(), kind="autoencoder", arch=ARCH,
                                 kwargs=self.kwargs, step=step, extra=extra)
 

@@ -1,4 +1,4 @@
-"""Pickle-free checkpoints and exported generator files.
+"""Pickle-free training checkpoints.
 
 A checkpoint is a folder `<run>/checkpoints/step-00001234/` with:
     <module>.safetensors           one per module (generator, discriminator, generator_ema)
@@ -10,15 +10,11 @@ A checkpoint is a folder `<run>/checkpoints/step-00001234/` with:
 meta.json is written last, so a folder without it is incomplete and never resumed from.
 Files are verified against meta.json's sums on load. Nothing is loaded with pickle.
 
-A run also exports one model file: `<run>/generator.safetensors` (the EMA generator of a
-GAN, or the mean images), `<run>/autoencoder.safetensors` or
-`<run>/classifier.safetensors`. Its safetensors metadata holds the kind, architecture and
-constructor arguments, so it can be rebuilt with nothing else.
+The model file a run exports at the end (generator.safetensors, ...) is job/models/files.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -26,61 +22,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 import job
 from job import storage
-from job.errors import BadInput
-from job.kinds import CLASSIFIER_FILE, GENERATOR_FILE
+from job.core.errors import BadInput
+from job.models.files import bytes_to_tensors, tensors_to_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 FORMAT = "digit-job/checkpoint"
-MODEL_FORMAT = "digit-job/model"  # generator and classifier files alike
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def step_dir(run_dir: str, step: int) -> str:
     return storage.join(run_dir, CHECKPOINT_DIR, f"step-{step:08d}")
 
 
-# ------------------------------------------------------------------ tensors <-> bytes
-
-
-def tensors_to_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    # safetensors wants contiguous CPU tensors that share no memory.
-    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    data = st_save(clean, metadata=metadata)
-    return _sorted_metadata(data) if metadata and len(metadata) > 1 else data
-
-
-def _sorted_metadata(data: bytes) -> bytes:
-    """The same file with its metadata keys in sorted order.
-
-    safetensors writes metadata from a hash map, whose order changes from call to call, so
-    the same weights would give files with different bytes (and sha256). Offsets are
-    explicit in the header, so reordering its JSON keys changes nothing else; the header
-    keeps its length (the original padding is spaces, which JSON ignores).
-    """
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + n])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
-    if len(text) > n:  # cannot happen for the same keys and values; keep the original
-        return data
-    return data[:8] + text + b" " * (n - len(text)) + data[8 + n :]
-
-
-def bytes_to_tensors(data: bytes, where: str) -> dict[str, torch.Tensor]:
-    try:
-        return st_load(data)
-    except (SafetensorError, ValueError, OSError) as e:
-        raise BadInput(f"{where} is not a valid safetensors file ({e})") from None
+# ------------------------------------------------------------------ optimizer state <-> files
 
 
 def optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -155,7 +112,7 @@ def save(run_dir: str, ckpt: Checkpoint) -> str:
         "job_version": job.__version__,
         "step": ckpt.step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {name: sha256(data) for name, data in files.items()},
+        "files": {name: storage.sha256(data) for name, data in files.items()},
         "config": ckpt.config,
     }
     storage.write_bytes(storage.join(folder, "meta.json"), json.dumps(meta, indent=1).encode())
@@ -205,7 +162,7 @@ def load(folder: str) -> Checkpoint:
         if "/" in name or name.startswith("."):
             raise BadInput(f"{meta_uri} names a file outside its folder: {name!r}")
         data = storage.read_bytes(storage.join(folder, name))
-        if sha256(data) != digest:
+        if storage.sha256(data) != digest:
             raise BadInput(
                 f"{storage.join(folder, name)} does not match the sha256 in meta.json (corrupt or altered); "
                 "resume from another checkpoint with resume=<folder>"
@@ -245,51 +202,3 @@ def prune(run_dir: str, keep: int) -> None:
         folder = storage.join(root, name.rstrip("/"))
         storage.delete(storage.join(folder, "meta.json"))
         storage.delete_tree(folder)
-
-
-# ------------------------------------------------------------------ generator files
-
-
-def export_model(
-    uri: str, state_dict: dict[str, torch.Tensor], kind: str, arch: str, kwargs: dict, step: int,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write a self-describing model file: weights plus what rebuilds the network.
-    `extra` (JSON-able) holds facts a reader may want without loading, e.g. test accuracy."""
-    metadata = {
-        "format": MODEL_FORMAT,
-        "version": "1",
-        "job_version": job.__version__,
-        "kind": kind,
-        "arch": arch,
-        "kwargs": json.dumps(kwargs, sort_keys=True),
-        "step": str(step),
-        "extra": json.dumps(extra or {}, sort_keys=True),
-    }
-    storage.write_bytes(uri, tensors_to_bytes(state_dict, metadata))
-
-
-def read_model_file(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], bytes]:
-    """(state_dict, info, raw bytes) of a model file; info has kind, arch, kwargs, step, extra."""
-    data = storage.read_bytes(uri)
-    tensors = bytes_to_tensors(data, uri)
-    header_len = int.from_bytes(data[:8], "little")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-        metadata = header.get("__metadata__") or {}
-        if metadata.get("format") != MODEL_FORMAT:
-            raise ValueError("no digit-job model metadata")
-        info = {
-            "kind": metadata["kind"],
-            "arch": metadata["arch"],
-            "kwargs": json.loads(metadata["kwargs"]),
-            "step": int(metadata["step"]),
-            "extra": json.loads(metadata.get("extra", "{}")),
-        }
-        if not isinstance(info["kwargs"], dict) or not isinstance(info["extra"], dict):
-            raise ValueError("kwargs and extra must be JSON objects")
-    except (ValueError, KeyError, TypeError) as e:
-        raise BadInput(
-            f"{uri} is not a digit-job model file ({e}); pass <run>/{GENERATOR_FILE} or <run>/{CLASSIFIER_FILE}"
-        ) from None
-    return tensors, info, data

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import torch
 
-from job import checkpoint, config, data, runtime, scoring, storage
-from job.augment import random_affine
-from job.models import build_model
-from job.precision import Precision
-from job.steps import adam, classifier_step, warmup_cosine_lr
-from job.trainer import Trainer
+from job import storage
+from job.core import config, seeds
+from job.core.precision import Precision
+from job.data import loading
+from job.data.augment import random_affine
+from job.models import build_model, scoring
+from job.models.files import export_model
+from job.training.steps import adam, classifier_step, warmup_cosine_lr
+from job.training.trainer import Trainer
 
 ARCH = "cnn"
 
@@ -59,7 +62,7 @@ class ClassifierTrainer(Trainer):
 
     def evaluate(self, done: int) -> dict[str, float]:
         if self._test is None:
-            split = data.load_split(self.cfg.data, train=False)
+            split = loading.load_split(self.cfg.data, train=False)
             self._test = (split.images, split.labels)
         net = self.modules["classifier"].eval()
         try:
@@ -74,7 +77,7 @@ class ClassifierTrainer(Trainer):
         net = self.modules["classifier"]
         extra = {"dataset": self.cfg.data.name, "test_accuracy": self.test_accuracy, "seed": self.cfg.seed,
                  "steps": step}
-        checkpoint.export_model(storage.join(self.cfg.run.dir, self.model_file), net.state_dict(),
+        export_model(storage.join(self.cfg.run.dir, self.model_file), net.state_dict(),
                                 kind="classifier", arch=ARCH, kwargs=self.kwargs, step=step, extra=extra)
 
 
@@ -98,14 +101,14 @@ def fit(
     opt = adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     precision = Precision("no", device.type)
     scaler = precision.scaler()
-    batches = data.EpochBatches(len(images), min(batch_size, len(images)), 0, 1, seed, "cpu")
+    batches = loading.EpochBatches(len(images), min(batch_size, len(images)), 0, 1, seed, "cpu")
     noise = torch.Generator(device=device)
     model.train()
     for step in range(steps):
         idx = batches.indices(step)
-        x = data.to_model_input(images[idx].to(device), kwargs["image_size"], channels_last=False)
+        x = loading.to_model_input(images[idx].to(device), kwargs["image_size"], channels_last=False)
         if augment:
-            x = random_affine(x, noise.manual_seed(runtime.stream_seed(seed, step)))
+            x = random_affine(x, noise.manual_seed(seeds.stream_seed(seed, step)))
         x = x.contiguous(memory_format=torch.channels_last)
         classifier_step(model, opt, scaler, precision, x, labels[idx].to(device),
                         warmup_cosine_lr(step, steps, lr))

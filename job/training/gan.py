@@ -12,11 +12,12 @@ import copy
 
 import torch
 
-from job import checkpoint, storage
-from job.logs import grid_png
+from job import storage
+from job.data.digit_image import grid_png
 from job.models import build_gan
-from job.steps import adam, ema_update, gan_step
-from job.trainer import Trainer
+from job.models.files import export_model
+from job.training.steps import adam, ema_update, gan_step
+from job.training.trainer import Trainer
 
 GRID_COLUMNS = 10
 
@@ -89,7 +90,7 @@ class GanTrainer(Trainer):
         ema_update(self.ema, self.modules["generator"], decay)
 
     def export(self, step: int) -> None:
-        checkpoint.export_model(
+        export_model(
             storage.join(self.cfg.run.dir, self.model_file),
             self.ema.state_dict(),
             kind="dcgan",

@@ -15,11 +15,15 @@ import time
 
 import torch
 
-from job import checkpoint, config, console, data, storage
-from job.logs import MetricsLog, grid_png
+from job import storage
+from job.core import config, console
+from job.data import loading
+from job.data.digit_image import grid_png
 from job.models import build_model
+from job.models.files import export_model
 from job.models.mean import class_sums, means_from_sums
-from job.trainer import Trainer
+from job.training.metrics import MetricsLog
+from job.training.trainer import Trainer
 
 ARCH = "mean"
 GRID_COLUMNS = 10
@@ -43,7 +47,7 @@ class MeanTrainer(Trainer):
         raise AssertionError("the mean model is computed in one pass (run), not in steps")
 
     def export(self, step: int) -> None:
-        checkpoint.export_model(storage.join(self.cfg.run.dir, self.model_file), self.model.state_dict(),
+        export_model(storage.join(self.cfg.run.dir, self.model_file), self.model.state_dict(),
                                 kind="mean", arch=ARCH, kwargs=self.kwargs, step=step,
                                 extra={"dataset": self.cfg.data.name, "images": self.images_seen})
 
@@ -67,7 +71,7 @@ class MeanTrainer(Trainer):
             return self._finish(self.start_step, metrics)
         started = time.perf_counter()
         share = slice(acc.process_index, None, acc.num_processes)
-        to_input = lambda x: data.to_model_input(x, cfg.data.image_size, channels_last=False)  # noqa: E731
+        to_input = lambda x: loading.to_model_input(x, cfg.data.image_size, channels_last=False)  # noqa: E731
         sums, counts = class_sums(self.images[share], self.labels[share], self.num_classes, to_input)
         sums, counts = acc.reduce(sums, reduction="sum"), acc.reduce(counts, reduction="sum")
         self.model.means.copy_(means_from_sums(sums, counts))

@@ -1,22 +1,15 @@
-"""Run outputs that are not checkpoints: metrics.jsonl, sample grid PNGs, TensorBoard, and
-the progress a person reads (a bar on a terminal, plain lines in a pod's log).
+"""A training run's metrics: `<run>/metrics.jsonl` and, when tensorboard is installed and
+the run is local, TensorBoard scalars beside it.
 
 All writes go through storage (local or S3) from the main process only.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import sys
-import time
 
-import torch
-from PIL import Image
-from tqdm import tqdm
-
-from job import console, storage
+from job import storage
 
 
 class MetricsLog:
@@ -66,55 +59,3 @@ def _tensorboard_writer(run_dir: str):
     except ImportError:
         return None
     return SummaryWriter(os.path.join(run_dir, "tensorboard"))
-
-
-def grid_png(images: torch.Tensor, nrow: int) -> bytes:
-    """Images in [-1, 1], [N, C, H, W] -> PNG bytes of a grid with `nrow` images per row."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
-    array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    if images.shape[1] == 1:
-        array = array[:, :, 0]  # make_grid repeats grey images to RGB; store them as grey
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-class PlainProgress:
-    """tqdm's update/set_postfix/close, printed as a plain line at most every `every_s`
-    seconds and at the end: a pod log (not a terminal) gets no carriage-return bar."""
-
-    def __init__(self, total: int, initial: int, desc: str, unit: str, every_s: float):
-        self.total, self.n, self.desc, self.unit, self.every_s = total, initial, desc, unit, every_s
-        self.postfix: dict = {}
-        self._started = self._last = time.monotonic()
-        self._start_n = initial
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if time.monotonic() - self._last >= self.every_s:
-            self._print()
-
-    def set_postfix(self, postfix: dict) -> None:
-        self.postfix = dict(postfix)
-
-    def close(self) -> None:
-        if self.n > self._start_n:
-            self._print()
-
-    def _print(self) -> None:
-        self._last = time.monotonic()
-        rate = (self.n - self._start_n) / max(self._last - self._started, 1e-9)
-        extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
-        console.progress(f"{self.n}/{self.total} {self.unit}s ({rate:.1f} {self.unit}s/s){extra}")
-
-
-def progress(enabled: bool, total: int, desc: str, unit: str, initial: int = 0, every_s: float = 30.0, **bar):
-    """A tqdm bar when stderr is a terminal, plain periodic lines otherwise, nothing when
-    not `enabled` (other ranks, progress=false)."""
-    if not enabled:
-        return tqdm(total=total, initial=initial, disable=True)
-    if sys.stderr.isatty():
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, **bar)
-    return PlainProgress(total, initial, desc, unit, every_s)

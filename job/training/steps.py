@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from job.precision import Precision
+from job.core.precision import Precision
 
 
 def adam(params, weight_decay: float | None = None, **kwargs) -> torch.optim.Optimizer:

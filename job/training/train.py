@@ -6,20 +6,20 @@ launch, checkpoints, storage, grids and metrics.
     python -m job train --config debug run.dir=/tmp/run train.steps=20
 
 `trainer.py` holds what every kind shares (the Trainer loop, see its data flow);
-`train_gan.py`, `train_autoencoder.py`, `train_mean.py` and `train_classifier.py` hold what
-differs; job/kinds.py registers each. This module only picks one: the kinds import the
+`gan.py`, `autoencoder.py`, `mean.py` and `classifier.py` beside it hold what
+differs; job/core/kinds.py registers each. This module only picks one: the kinds import the
 Trainer, never this module.
 """
 
 from __future__ import annotations
 
-from job import config
-from job.kinds import KINDS
-from job.trainer import Trainer
+from job.core import config
+from job.core.kinds import KINDS
+from job.training.trainer import Trainer
 
 
 def trainer_for(cfg: config.TrainJob) -> Trainer:
-    """The Trainer registered for the config's model kind (job/kinds.py), built (validated,
+    """The Trainer registered for the config's model kind (job/core/kinds.py), built (validated,
     resumed, prepared)."""
     return KINDS[cfg.model.kind].trainer_class()(cfg)
 

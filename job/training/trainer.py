@@ -1,6 +1,6 @@
 """What every model kind's training shares: the Trainer base class.
 
-`job.train` picks the kind's Trainer (train_gan, train_autoencoder, train_mean,
+`job.training.train` picks the kind's Trainer (train_gan, train_autoencoder, train_mean,
 train_classifier: what differs) and runs it; this module is the loop they all run.
 
 Data flow: config -> runtime (Accelerator, precision) -> data (whole split on the device)
@@ -20,13 +20,17 @@ import time
 import torch
 from torch import nn
 
-from job import checkpoint, config, console, data, logs, runtime, storage
-from job.augment import random_affine
-from job.errors import BadInput
-from job.kinds import KINDS
-from job.logs import MetricsLog
-from job.preemption import Preempted, StopSignals
-from job.steps import adam
+from job import storage
+from job.core import config, console, runtime, seeds
+from job.core.errors import BadInput
+from job.core.kinds import KINDS
+from job.core.preemption import Preempted, StopSignals
+from job.core.progress import progress_bar
+from job.data import loading
+from job.data.augment import random_affine
+from job.training import checkpoint
+from job.training.metrics import MetricsLog
+from job.training.steps import adam
 
 
 def resolve_resume(cfg: config.TrainJob) -> str | None:
@@ -80,7 +84,7 @@ class Trainer:
         acc = self.acc
         self.device = acc.device
 
-        split = data.load_split(cfg.data, train=True, device=self.device)
+        split = loading.load_split(cfg.data, train=True, device=self.device)
         self.images, self.labels, self.dataset_classes = split.images, split.labels, split.num_classes
         self.channels = split.images.shape[1]
 
@@ -113,7 +117,7 @@ class Trainer:
         if loaded is not None:
             self._restore_training_state(loaded)
         if self.uses_batches:
-            self.batches = data.EpochBatches(
+            self.batches = loading.EpochBatches(
                 len(self.images), cfg.train.batch_size, acc.process_index, acc.num_processes, cfg.seed, self.device
             )
         self.noise = torch.Generator(device=self.device)
@@ -121,7 +125,7 @@ class Trainer:
     def _measured_precision(self):
         """precision=auto on a CPU: the kind's probe measured on the main process (or its
         cached result), the choice broadcast so that every rank computes alike."""
-        from job import precision
+        from job.core import precision
 
         probe = self.precision_probe()
         if probe is None:
@@ -145,7 +149,7 @@ class Trainer:
         generator: the run's random streams are left untouched."""
         g = torch.Generator().manual_seed(0)
         idx = torch.randint(0, len(self.images), (self.cfg.train.batch_size,), generator=g).to(self.device)
-        real = data.to_model_input(self.images[idx], self.cfg.data.image_size, self.cfg.train.channels_last)
+        real = loading.to_model_input(self.images[idx], self.cfg.data.image_size, self.cfg.train.channels_last)
         return real, self.labels[idx]
 
     def adamw_probe(self, name: str, step_fn, targets=None):
@@ -211,13 +215,13 @@ class Trainer:
     def reseed_noise(self, step: int) -> torch.Generator:
         """The noise generator of (seed, rank, step): counter-based, so a resumed run draws
         exactly what an uninterrupted one would, with no generator state to carry."""
-        self.noise.manual_seed(runtime.stream_seed(self.cfg.seed, self.acc.process_index, step))
+        self.noise.manual_seed(seeds.stream_seed(self.cfg.seed, self.acc.process_index, step))
         return self.noise
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's real images (model input, [-1, 1]) and labels for `step`."""
         idx = self.batches.indices(step)
-        real = data.to_model_input(self.images[idx], self.cfg.data.image_size, self.cfg.train.channels_last)
+        real = loading.to_model_input(self.images[idx], self.cfg.data.image_size, self.cfg.train.channels_last)
         return real, self.labels[idx]
 
     def jittered(self, images: torch.Tensor, step: int) -> torch.Tensor:
@@ -287,7 +291,7 @@ class Trainer:
             console.say0(acc, f"already at step {self.start_step} of {t.steps}; nothing to do")
             return self._finish(self.start_step, metrics)
 
-        bar = logs.progress(acc.is_main_process and t.progress, t.steps, "train", "step", initial=self.start_step)
+        bar = progress_bar(acc.is_main_process and t.progress, t.steps, "train", "step", initial=self.start_step)
         window_start, window_steps = time.perf_counter(), 0
         with StopSignals() as signals:
             for step in range(self.start_step, t.steps):
