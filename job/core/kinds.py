@@ -71,7 +71,7 @@ KINDS: dict[str, Kind] = {
             keys=("model.arch", "model.conditional", "model.latent_dim", "model.g_width", "model.d_width",
                   "model.minibatch_std", *LOOP_KEYS, "train.sample_every", "train.lr_g", "train.lr_d", "train.beta1",
                   "train.beta2", "train.ema_decay"),
-            trainer="job.training.gan:GanTrainer",
+            trainer="job.training.dcgan:GanTrainer",
             archs={"dcgan28": "job.models.dcgan:Generator28", "dcgan64": "job.models.dcgan:Generator64"},
             model_file=GENERATOR_FILE,
             draws_digits=True,

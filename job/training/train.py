@@ -6,7 +6,7 @@ launch, checkpoints, storage, grids and metrics.
     python -m job train --config debug run.dir=/tmp/run train.steps=20
 
 `trainer.py` holds what every kind shares (the Trainer loop, see its data flow);
-`gan.py`, `autoencoder.py`, `mean.py` and `classifier.py` beside it hold what
+`dcgan.py`, `autoencoder.py`, `mean.py` and `classifier.py` beside it hold what
 differs; job/core/kinds.py registers each. This module only picks one: the kinds import the
 Trainer, never this module.
 """
