@@ -12,8 +12,9 @@ them, one generated digit per character, with their texts and per-digit boxes.
 Data flow: config -> generator file (self-describing) -> plan (ceil(count / shard_size)
 shards; shard i's noise and labels come from a CPU stream seeded by (seed, i)) -> this
 worker's shards (i % workers == worker, worker = pod index * processes + rank) minus those
-already done -> generate on the device -> bounded queue -> writer threads encode, upload,
-and write the shard's record last -> manifest.json once every shard has a record.
+already done -> generate on the device (job/sampling/generation.py) -> bounded queue ->
+writer threads encode, upload, and write the shard's record last -> manifest.json once
+every shard has a record (plan, records and manifest: job/shardsets/records.py).
 
 A shard is done when its record `_records/shard-000123.json` exists and its files have
 the sizes the record lists. A rerun (a restarted pod, a preempted job) skips done shards

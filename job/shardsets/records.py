@@ -24,8 +24,6 @@ from job.shardsets import layouts
 from job.shardsets.sets import MANIFEST
 
 RECORDS = "_records"
-
-
 PLAN = "plan.json"
 
 
