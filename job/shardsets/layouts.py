@@ -16,7 +16,8 @@ used (so the read API imports nothing above storage):
 - `evaluate(cfg, manifest, out, classifier, classifier_info)`: the report on such a set.
 
 Adding a layout: its encoders in the formats that hold it, its drawing in
-job/sampling/generation.py, its report in job/evaluation/, and one entry in LAYOUTS.
+job/sampling/generation.py, its report in job/evaluation/, its name among `layout`'s
+choices in job/core/config.py, and one entry in LAYOUTS.
 """
 
 from __future__ import annotations
