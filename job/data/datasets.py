@@ -38,15 +38,21 @@ class Dataset:
     flat_files: tuple[str, ...] = ()  # files torchvision keeps directly in its root, if any
     digits: bool = True  # its classes are the digits 0-9 (the autoencoder's inputs); False: other images
     image_folder: bool = False  # <root>/<class>/<image>: classes, channels and size come from the files
+    split: tuple[str, str] | None = None  # torchvision's split= for (train, test); None: train=True/False
+    subset: str | None = None  # torchvision's split= naming the subset (EMNIST's "digits")
+    labels_attribute: str = "targets"  # where the torchvision dataset keeps its labels
+    transposed: bool = False  # the files store each image transposed (EMNIST)
 
 
 CATALOG: dict[str, Dataset] = {
     "mnist": Dataset("mnist", "MNIST", 1, 28, IDX_FILES),
     "fashion-mnist": Dataset("fashion-mnist", "FashionMNIST", 1, 28, IDX_FILES, digits=False),
     "kmnist": Dataset("kmnist", "KMNIST", 1, 28, IDX_FILES, digits=False),
-    "emnist-digits": Dataset("emnist-digits", "EMNIST", 1, 28, tuple(f"emnist-digits-{n}" for n in IDX_FILES)),
+    "emnist-digits": Dataset("emnist-digits", "EMNIST", 1, 28, tuple(f"emnist-digits-{n}" for n in IDX_FILES),
+                             subset="digits", transposed=True),
     "usps": Dataset("usps", "USPS", 1, 16, flat_files=("usps.bz2", "usps.t.bz2")),
-    "svhn": Dataset("svhn", "SVHN", 3, 32, flat_files=("train_32x32.mat", "test_32x32.mat")),
+    "svhn": Dataset("svhn", "SVHN", 3, 32, flat_files=("train_32x32.mat", "test_32x32.mat"),
+                    split=("train", "test"), labels_attribute="labels"),
     "imagefolder": Dataset("imagefolder", "ImageFolder", None, None, image_folder=True),
 }
 
@@ -128,16 +134,16 @@ def read_torchvision(dataset: Dataset, root: str, train: bool) -> tuple[torch.Te
     import torchvision.datasets as tvd  # heavy import, only when data is needed
 
     cls = getattr(tvd, dataset.torchvision_class)
-    if dataset.name == "emnist-digits":
-        ds = cls(root, split="digits", train=train, download=True)
-    elif dataset.name == "svhn":
-        ds = cls(root, split="train" if train else "test", download=True)
+    if dataset.split is not None:
+        ds = cls(root, split=dataset.split[0 if train else 1], download=True)
+    elif dataset.subset is not None:
+        ds = cls(root, split=dataset.subset, train=train, download=True)
     else:
         ds = cls(root, train=train, download=True)
     images = torch.as_tensor(ds.data)
-    labels = torch.as_tensor(ds.labels if dataset.name == "svhn" else ds.targets, dtype=torch.int64)
-    if dataset.name == "emnist-digits":
-        images = images.transpose(1, 2)  # EMNIST's files store each image transposed
+    labels = torch.as_tensor(getattr(ds, dataset.labels_attribute), dtype=torch.int64)
+    if dataset.transposed:
+        images = images.transpose(1, 2)
     if images.dim() == 3:
         images = images.unsqueeze(1)
     return images.to(torch.uint8).contiguous(), labels
