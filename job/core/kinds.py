@@ -51,13 +51,14 @@ class Kind:
         return key in self.keys
 
     def trainer_class(self) -> type:
-        return _attribute(self.trainer)
+        return attribute(self.trainer)
 
     def network_class(self, arch: str) -> type:
-        return _attribute(self.archs[arch])
+        return attribute(self.archs[arch])
 
 
-def _attribute(spec: str) -> Any:
+def attribute(spec: str) -> Any:
+    """The object a "module:attribute" spec names, its module imported now (kinds and layouts)."""
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 

@@ -23,7 +23,6 @@ choices in job/core/config.py, and one entry in LAYOUTS.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from job.core.errors import BadInput
+from job.core.kinds import attribute
 from job.shardsets import formats
 
 DEFAULT = "digits"  # what a manifest without a `layout` field holds (sets written before strings)
@@ -55,8 +55,7 @@ class Layout:
 
     def function(self, role: str) -> Callable:
         """The function registered for `role` ("draw", "evaluate", ...), imported now."""
-        module, _, name = getattr(self, role).partition(":")
-        return getattr(importlib.import_module(module), name)
+        return attribute(getattr(self, role))
 
 
 def _encode_digits(fmt: str, index: int, content, labeled: bool) -> dict[str, bytes]:
