@@ -14,10 +14,12 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import REPO, train
@@ -78,6 +80,17 @@ def test_readme_layout_has_one_line_per_package_of_job():
     assert all((JOB / folder).is_dir() for folder in layout_folders())
     entry_points = ("__init__.py", "__main__.py", "cli.py", "readers.py")
     assert [p.name for p in JOB.glob("*.py") if p.name not in entry_points] == []
+
+
+def test_git_ignores_no_file_of_the_job_package():
+    """A pattern meant for a run's output (once `data/`) must not hide a package's modules
+    from commits: the working copy would import them and a clean clone would not."""
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout, or no git to ask")
+    files = [str(p.relative_to(REPO)) for p in JOB.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=REPO,
+                             capture_output=True, text=True).stdout.split()
+    assert ignored == []
 
 
 def test_each_package_imports_only_the_packages_above_it_in_readme():
