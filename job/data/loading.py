@@ -8,8 +8,6 @@ transforms in the hot loop. Batches come from a per-epoch permutation that depen
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,13 +17,12 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
-from job.core import config
-from job.data import datasets
 from job import storage
+from job.core import config
 from job.core.cache import cache_dir
 from job.core.errors import BadInput
+from job.data import datasets
 from job.data.staging import fetch
-
 
 # ----------------------------------------------------------------------------- loading
 

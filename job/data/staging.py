@@ -10,7 +10,6 @@ import os
 from job import storage
 from job.core.cache import cache_dir
 from job.core.errors import BadInput
-from job.data import datasets
 
 DATASET_MANIFEST = "manifest.json"
 
