@@ -6,13 +6,16 @@ A plain `Accelerator()` and a tiny classifier, trained for two epochs per way (e
 backward is a DDP all-reduce: a rank with more steps than the other would wait forever):
   - stream-prepare: `accelerator.prepare(DataLoader(ShardStream(...), num_workers=2,
     persistent_workers=True))`, as accelerate's examples do; no set_epoch call of ours
+    (accelerate's default for an iterable dataset: process 0 reads and dispatches batches)
+  - stream-shard: the same through an Accelerator made with `dispatch_batches=False`
+    (every process reads the stream and keeps its own batches: IterableDatasetShard)
   - stream-ddp: the stream split by rank itself (no prepare of the loader), batch_size
     given, `stream.set_epoch(epoch)` before each epoch
   - map-sampler: ShardDataset with a DistributedSampler, no prepare of the loader
   - map-prepare: ShardDataset in a shuffled DataLoader given to `accelerator.prepare`
 Each rank writes <out>/rank-<r>.json: its world size and, per way and epoch, its step count,
 len(loader) and one key per digit it trained on (sha256 of the pixels, the label).
-tests/test_readers_ddp.py checks them.
+tests/test_readers.py checks them.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from torch.utils.data import DataLoader, DistributedSampler
 
 from job.shardsets.readers import ShardDataset, ShardStream
@@ -65,6 +68,13 @@ def main(samples: str, out: str) -> None:
     stream = ShardStream(samples, shuffle_window=16, seed=3)
     loader = accelerator.prepare(DataLoader(stream, batch_size=BATCH, num_workers=2, persistent_workers=True))
     ways["stream-prepare"] = train(accelerator, model, optimizer, loader)
+
+    # A second Accelerator shares the process state (same DDP group) and differs only in how
+    # its loaders split an iterable dataset.
+    sharding = Accelerator(dataloader_config=DataLoaderConfiguration(dispatch_batches=False))
+    stream = ShardStream(samples, shuffle_window=16, seed=3)
+    loader = sharding.prepare(DataLoader(stream, batch_size=BATCH, num_workers=2))
+    ways["stream-shard"] = train(accelerator, model, optimizer, loader)
 
     own = ShardStream(samples, shuffle_window=16, seed=3, batch_size=BATCH)
     loader = DataLoader(own, batch_size=BATCH, num_workers=2)

@@ -227,7 +227,7 @@ def test_torchvisions_mnist_class_reads_the_idx_shards(sets, tmp_path):
 
 
 def test_a_two_process_ddp_loop_through_accelerate_prepare_sees_every_digit_with_equal_steps(sets, tmp_path):
-    # 5 shards, 2 ranks, 2 workers each; four ways of feeding a DDP model (tests/ddp_reader_loop.py).
+    # 5 shards, 2 ranks, 2 workers each; five ways of feeding a DDP model (tests/ddp_reader_loop.py).
     launcher, env = torchrun_cpu(2)
     proc = subprocess.run([*launcher, str(REPO / "tests" / "ddp_reader_loop.py"), sets["safetensors"], str(tmp_path)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # a hung rank times out
@@ -235,7 +235,7 @@ def test_a_two_process_ddp_loop_through_accelerate_prepare_sees_every_digit_with
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
     assert [r["world_size"] for r in ranks] == [r["dist_world_size"] for r in ranks] == [2, 2]
     expected = every_key(sets["safetensors"])
-    for way in ("stream-prepare", "stream-ddp", "map-sampler", "map-prepare"):
+    for way in ("stream-prepare", "stream-shard", "stream-ddp", "map-sampler", "map-prepare"):
         per_rank = [r["ways"][way] for r in ranks]
         epochs = []
         for epoch in range(2):
