@@ -82,8 +82,6 @@ def describe(accelerator: Accelerator, precision: Precision) -> str:
     return f"device={device.type} [{name}] world_size={accelerator.num_processes} precision={precision.describe()}"
 
 
-
-
 # What a collective raises when the process at the other end is gone (gloo's "Connection
 # reset/closed by peer", NCCL's aborted communicator, a store that stopped answering).
 _PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl communicator was aborted",

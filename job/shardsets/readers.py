@@ -223,8 +223,6 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-
-
 class _EpochOrder:
     """Which item stands at each position 0..N-1 of an epoch: the shards in a seeded order
     (or as listed), then the items shuffled within windows of `window` positions. Depends
@@ -398,7 +396,3 @@ class ShardStream(_SetReader, IterableDataset):
 
 
 # ----------------------------------------------------------------------------- real digits
-
-
-
-

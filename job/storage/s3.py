@@ -145,7 +145,6 @@ def _missing(exc: Exception) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
-
 def _read_object(bucket: str, key: str) -> bytes:
     """GET an object's bytes, retrying when the body is cut off, stalls or fails its checksum.
 
