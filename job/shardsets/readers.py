@@ -393,6 +393,3 @@ class ShardStream(_SetReader, IterableDataset):
         return self._describe([f"Per epoch: {len(self)} items ({split}, drop_last={self.drop_last})",
                                f"Order: seed {self.seed}, shuffle_window {self.shuffle_window}, "
                                f"shuffle_shards {self.shuffle_shards}"])
-
-
-# ----------------------------------------------------------------------------- real digits
