@@ -21,9 +21,9 @@
 #   DIGITS_NUM_PROCESSES  processes in this container (default: one per GPU, one on CPU);
 #                       several on CPU are gloo processes sharing the container's threads
 #   DIGITS_REQUIRE_GPU  1: no usable GPU is an error (exit 4), never a silent CPU run
-#   DIGITS_PRECISION    train.precision for `train` (auto, fp32, tf32, bf16, fp16), unless the
-#                       arguments set it already; unset: the job's own default, auto (measured
-#                       on a CPU, bf16 on GPUs that compute it natively)
+#   DIGITS_PRECISION    read by the job itself (in the image or not): the precision of train,
+#                       sample and evaluate where the config and arguments do not set it;
+#                       unset: auto (measured on a CPU, bf16 on GPUs that compute it natively)
 #   OMP_NUM_THREADS     CPU threads for the whole container (Kubernetes: from limits.cpu);
 #                       else the cgroup CPU quota. Shared between the processes.
 #   NNODES, NODE_RANK (else JOB_COMPLETION_INDEX), MASTER_ADDR, MASTER_PORT
@@ -71,9 +71,6 @@ threads=$(python -m job.core.cpu_budget)
 per_process=$((threads / per_node > 0 ? threads / per_node : 1))
 
 args=("$@")
-if [ -n "${DIGITS_PRECISION:-}" ] && [ "${1:-}" = "train" ] && ! printf '%s\n' "$@" | grep -qE '^train\.(mixed_)?precision='; then
-  args+=("train.precision=$DIGITS_PRECISION")
-fi
 where="$gpus GPU(s)"
 [ "$gpus" -eq 0 ] && where="no GPU ($why_no_gpu): CPU, $per_process threads"
 

@@ -33,6 +33,10 @@ def job_environment(tmp_path_factory):
     """Every test (and every process it starts) sees the same data root and a private cache."""
     os.environ["DIGITS_DATA_DIR"] = _data_dir()
     os.environ.setdefault("DIGITS_CACHE_DIR", str(tmp_path_factory.mktemp("digits-cache")))
+    # precision=auto decides from these figures instead of timing a probe: no test depends on
+    # how fast, or how loaded, the machine is. Run the suite the other way round with
+    # DIGITS_PRECISION_RATES=fp32=500,bf16=1000 ./scripts/test.sh
+    os.environ.setdefault("DIGITS_PRECISION_RATES", "fp32=1000,bf16=500")
     # Keep the accelerate launcher quiet about defaults it fills in.
     os.environ.setdefault("ACCELERATE_DISABLE_RICH", "1")
     yield
@@ -99,7 +103,7 @@ def swapped_environ(values: dict[str, str | None]):
 def generator_file(tmp_path_factory) -> str:
     """A tiny conditional generator (the debug preset, 2 steps) for a module's sampling tests."""
     run_dir = tmp_path_factory.mktemp("gen") / "run"
-    assert train(run_dir, "train.steps=2") == 0
+    assert train(run_dir, "train.steps=2", "train.precision=fp32") == 0
     return str(run_dir / "generator.safetensors")
 
 
@@ -136,10 +140,12 @@ def bucket(s3_server, request):
 def recognizable_generator(tmp_path_factory) -> str:
     """A conditional generator trained long enough (about 40 s on 2 cores) that the shipped
     classifier recognizes most of its digits (45-99% per class at confidence 0.9):
-    for evaluate and min_confidence. Width 64: narrower ones draw alike digits this early."""
+    for evaluate and min_confidence. Width 64: narrower ones draw alike digits this early.
+    Its precision is pinned: what a generator learns must not depend on the machine's speed."""
     run_dir = tmp_path_factory.mktemp("recognizable") / "run"
     assert train(run_dir, "train.steps=500", "model.g_width=64", "model.d_width=64", "train.sample_every=500",
-                 "train.checkpoint_every=500", "train.progress=false", preset="quickstart") == 0
+                 "train.checkpoint_every=500", "train.progress=false", "train.precision=fp32",
+                 preset="quickstart") == 0
     return str(run_dir / "generator.safetensors")
 
 
@@ -150,5 +156,5 @@ def recognizable_unconditional_generator(tmp_path_factory) -> str:
     run_dir = tmp_path_factory.mktemp("recognizable-unconditional") / "run"
     assert train(run_dir, "train.steps=500", "model.conditional=false", "model.minibatch_std=true",
                  "train.sample_every=500", "train.checkpoint_every=500", "train.progress=false",
-                 preset="quickstart") == 0
+                 "train.precision=fp32", preset="quickstart") == 0
     return str(run_dir / "generator.safetensors")

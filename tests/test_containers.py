@@ -102,12 +102,10 @@ def test_one_gpu_runs_one_process_directly_and_leaves_precision_to_the_job():
     assert entrypoint(1, "train", "--config", "quickstart") == "python -m job train --config quickstart"
 
 
-def test_digits_precision_sets_the_training_precision_unless_the_arguments_do():
-    assert entrypoint(1, "train", DIGITS_PRECISION="fp16").endswith("train.precision=fp16")
-    explicit = entrypoint(1, "train", "train.precision=fp32", DIGITS_PRECISION="fp16")
-    assert explicit.endswith("train train.precision=fp32") and "fp16" not in explicit
-    old_name = entrypoint(1, "train", "train.mixed_precision=no", DIGITS_PRECISION="fp16")
-    assert old_name.endswith("train train.mixed_precision=no") and "fp16" not in old_name
+def test_the_entrypoint_leaves_digits_precision_to_the_job():
+    # The job reads DIGITS_PRECISION itself (tests/test_precision.py), in the image or not.
+    assert entrypoint(1, "train", DIGITS_PRECISION="fp16") == "python -m job train"
+    assert entrypoint(0, "sample", "precision=fp32", DIGITS_PRECISION="bf16") == "python -m job sample precision=fp32"
 
 
 def test_several_cpu_processes_share_the_containers_threads():

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_job
 from job.cli import main
-from job.core.precision import resolve
+from job.core import precision
 
 QUICK = ["n=300", "tstr.n=300", "tstr.epochs=1", "batch_size=300"]
 
@@ -31,17 +31,21 @@ def test_evaluating_a_generator_writes_a_report_with_the_real_floor_and_the_base
     # Mean images are recognizable but have no diversity at all.
     assert means["cas"] > 0.9 and means["recall"] < 0.05
     assert report["subject"]["sha256"] and report["classifier"]["test_accuracy"] >= 0.993
-    assert report["generated_in"] == resolve("auto", "cpu").name  # precision=auto, said in the report
+    # precision=auto, decided from the suite's injected figures (conftest), said in the report
+    assert report["generated_in"] == precision.display_name(precision.decide(precision.injected_rates())[0])
     markdown = (out / "report.md").read_text()
     assert "| generator |" in markdown and "| real |" in markdown and "| class-means |" in markdown
     assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluating_a_shard_set_scores_its_stored_labels(recognizable_generator, tmp_path):
+def test_evaluating_a_shard_set_scores_its_stored_labels(recognizable_generator, tmp_path, capsys):
     shards = tmp_path / "digits"
     assert main(["sample", f"generator={recognizable_generator}", f"out={shards}", "count=400", "shard_size=150",
                  "progress=false"]) == 0
+    capsys.readouterr()
     assert main(["evaluate", f"samples={shards}", *QUICK, "tstr.n=0", "baseline=none"]) == 0
+    # nothing is generated, so auto has nothing to measure, and says so
+    assert "precision=fp32 (auto: fp32: a shard set is scored as it is" in capsys.readouterr().out
     report = json.loads((shards / "eval" / "report.json").read_text())
     assert set(report["rows"]) == {"samples", "real"}
     assert report["rows"]["samples"]["cas"] > 0.5 and report["rows"]["samples"]["tstr"] is None

@@ -34,6 +34,25 @@ def _bounded(default: Any, *, min: float | None = None, max: float | None = None
     return field(default=default, metadata={"min": min, "max": max})
 
 
+# precision= values (job/core/precision.py says what each does); generation has no fp16.
+TrainPrecision = Literal["auto", "fp32", "no", "tf32", "bf16", "fp16"]
+GenerationPrecision = Literal["auto", "fp32", "no", "tf32", "bf16"]
+
+
+def _precision(names: Any) -> Any:
+    """A precision field: its default is $DIGITS_PRECISION when set (for every command, in
+    the image or not), else auto; a key given in the config or on the command line wins."""
+    choices = typing.get_args(names)
+
+    def default() -> str:
+        value = os.environ.get("DIGITS_PRECISION", "").strip().lower() or "auto"
+        if value not in choices:
+            raise BadInput(f"DIGITS_PRECISION={value!r} is not one of {', '.join(choices)}: fix it or unset it")
+        return value
+
+    return field(default_factory=default)
+
+
 # ----------------------------------------------------------------------------- schemas
 
 
@@ -115,7 +134,7 @@ class TrainConfig:
     # or two of training steps in fp32 and bf16, cached per CPU, model and batch size); on a
     # GPU bf16 where it is native. fp32 (or no): fp32, TF32 off; tf32: TF32 matmuls on GPUs;
     # fp16: one GradScaler per optimizer, fp32 on a CPU. The first lines say which and why.
-    precision: Literal["auto", "fp32", "no", "tf32", "bf16", "fp16"] = "auto"
+    precision: TrainPrecision = _precision(TrainPrecision)
     # Keep activations channels-last (NHWC): faster convolutions on CPUs and tensor cores.
     channels_last: bool = True
     # Every N steps: one metrics.jsonl line, a sample grid PNG, a checkpoint.
@@ -258,7 +277,7 @@ class SampleJob:
     # measured (the generator's forward in fp32 and bf16 at this batch size, cached), on a GPU
     # bf16 where native (see train.precision). The bytes depend on it, so it is part of the
     # plan: a worker or a rerun of an `out` that already has a plan takes the plan's.
-    precision: Literal["auto", "fp32", "no", "tf32", "bf16"] = "auto"
+    precision: GenerationPrecision = _precision(GenerationPrecision)
     # Threads that encode and upload shards while the device generates the next ones.
     writers: int = _bounded(2, min=1, max=64)
     # Shards generated but not yet written, at most (bounds memory: not `count`).
@@ -377,7 +396,7 @@ class EvaluateJob:
     batch_size: int = _bounded(1000, min=1, max=1_000_000)
     # Precision while generating the digits to score (see sample precision=); the classifier
     # that scores them always runs in fp32, so reports from any machine compare.
-    precision: Literal["auto", "fp32", "no", "tf32", "bf16"] = "auto"
+    precision: GenerationPrecision = _precision(GenerationPrecision)
 
     def check(self) -> None:
         check_data(self.data)

@@ -26,9 +26,11 @@ from job.core.precision import Precision, resolve
 COLLECTIVE_TIMEOUT_S = 600
 
 
-def make_accelerator(requested_precision: str, deterministic: bool = False) -> tuple[Accelerator, Precision]:
+def make_accelerator(requested_precision: str, deterministic: bool = False,
+                     unmeasured: str = "fp32 until measured") -> tuple[Accelerator, Precision]:
     """Build the Accelerator for this process. Returns (accelerator, precision): the
-    precision as far as it is known without measuring (precision.choose measures CPU auto).
+    precision as far as it is known without measuring (precision.choose measures CPU auto;
+    where nothing is measured, CPU auto is fp32 and `unmeasured` says why).
     deterministic: no cuDNN autotuning, whose kernel choice can vary from run to run (sampling
     and evaluation, where the bytes must depend on the plan alone).
 
@@ -57,7 +59,7 @@ def make_accelerator(requested_precision: str, deterministic: bool = False) -> t
         torch.set_num_threads(threads)
     if cuda:
         torch.backends.cudnn.benchmark = not deterministic
-    precision = resolve(requested_precision, accelerator.device)
+    precision = resolve(requested_precision, accelerator.device, unmeasured)
     precision.apply()  # TF32 only when asked for: fp32 means fp32
     return accelerator, precision
 

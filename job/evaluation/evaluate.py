@@ -327,7 +327,9 @@ def evaluate_digits(cfg: config.EvaluateJob, manifest: dict | None, out: str, cl
     _check_augment(cfg, subject, classifier.num_classes)
     baseline = _read_baseline(cfg, classifier)
 
-    acc, precision = runtime.make_accelerator(cfg.precision, deterministic=True)
+    acc, precision = runtime.make_accelerator(
+        cfg.precision, deterministic=True,
+        unmeasured="fp32: a shard set is scored as it is, nothing is generated (scoring is always fp32)")
     device = acc.device
     if subject.generator is not None:
         precision = generation_precision(cfg.precision, subject.generator, subject.record, cfg.batch_size, acc)

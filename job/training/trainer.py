@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from job import storage
-from job.core import config, console, runtime, seeds
+from job.core import config, console, precision, runtime, seeds
 from job.core.errors import BadInput
 from job.core.kinds import KINDS
 from job.core.preemption import Preempted, StopSignals
@@ -31,6 +31,10 @@ from job.data.augment import random_affine
 from job.training import checkpoint
 from job.training.metrics import MetricsLog
 from job.training.steps import adam
+
+# review_precision: the first steps warm up (allocations, kernel choice) and are not timed, and
+# a run of fewer steady steps than this says nothing about the measurement.
+WARMUP_STEPS, REVIEW_MIN_STEPS = 3, 20
 
 
 def resolve_resume(cfg: config.TrainJob) -> str | None:
@@ -125,11 +129,10 @@ class Trainer:
     def _measured_precision(self):
         """precision=auto on a CPU: the kind's probe measured on the main process (or its
         cached result), the choice broadcast so that every rank computes alike."""
-        from job.core import precision
-
         probe = self.precision_probe()
         if probe is None:
-            return self.precision
+            return precision.resolve(self.cfg.train.precision, self.device,
+                                     f"fp32: the {self.cfg.model.kind} kind runs no network step to measure")
         m, t = self.cfg.model, self.cfg.train
         key = {"command": "train", "kind": m.kind, "model": config.to_dict(self.cfg)["model"],
                "batch_size": t.batch_size, "channels_last": t.channels_last, "image_size": self.images.shape[-1]}
@@ -137,6 +140,17 @@ class Trainer:
         return precision.choose(self.cfg.train.precision, self.device, probe, t.batch_size, key,
                                 measure_here=self.acc.is_main_process,
                                 share=lambda result: runtime.from_main(self.acc, result))
+
+    def review_precision(self, step_seconds: list[float]) -> None:
+        """Main process, after the loop: auto's measurement checked against this run's own
+        steady step time (the median after WARMUP_STEPS); a contradiction drops the cached
+        choice and says so (job/core/precision.py, `review`)."""
+        steady = sorted(step_seconds[WARMUP_STEPS:])
+        if len(steady) < REVIEW_MIN_STEPS:
+            return
+        line = precision.review(self.precision, self.cfg.train.batch_size / steady[len(steady) // 2])
+        if line:
+            console.say(line)
 
     def precision_probe(self):
         """One training step of copies of this kind's networks on a batch of real images, as
@@ -293,11 +307,14 @@ class Trainer:
 
         bar = progress_bar(acc.is_main_process and t.progress, t.steps, "train", "step", initial=self.start_step)
         window_start, window_steps = time.perf_counter(), 0
+        step_seconds: list[float] = []  # the steps alone (no grid, checkpoint or log), for review_precision
         with StopSignals() as signals:
             for step in range(self.start_step, t.steps):
+                step_started = time.perf_counter()
                 out = self.train_step(step)
                 done = step + 1
                 self.after_step(done)
+                step_seconds.append(time.perf_counter() - step_started)
                 bar.update(1)
                 window_steps += 1
 
@@ -326,6 +343,8 @@ class Trainer:
                 if signum and not last:
                     self._stop_early(done, signum, saved=checkpoint_now, bar=bar, metrics=metrics)
         bar.close()
+        if acc.is_main_process:
+            self.review_precision(step_seconds)
         return self._finish(t.steps, metrics)
 
     def _stop_early(self, done: int, signum: int, saved: bool, bar, metrics: MetricsLog | None) -> None:
