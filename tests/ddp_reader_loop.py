@@ -1,21 +1,22 @@
-"""A user's DDP training loop over a sample set, four ways, in each process of a real launch.
+"""A user's DDP training loop over a sample set, five ways, in each process of a real launch.
 
-    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 tests/ddp_reader_loop.py <samples> <out folder>
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 tests/ddp_reader_loop.py SAMPLES OUT [BATCH [WORKERS [drop_last]]]
 
 A plain `Accelerator()` and a tiny classifier, trained for two epochs per way (every
 backward is a DDP all-reduce: a rank with more steps than the other would wait forever):
-  - stream-prepare: `accelerator.prepare(DataLoader(ShardStream(...), num_workers=2,
-    persistent_workers=True))`, as accelerate's examples do; no set_epoch call of ours
-    (accelerate's default for an iterable dataset: process 0 reads and dispatches batches)
+  - stream-prepare: README's "With accelerate" recipe: `ShardStream(split="none",
+    batch_size=B)` in a DataLoader with persistent workers, given to `accelerator.prepare`
+    (accelerate's default for an iterable dataset: process 0 reads and dispatches batches);
+    no set_epoch call of ours
   - stream-shard: the same through an Accelerator made with `dispatch_batches=False`
     (every process reads the stream and keeps its own batches: IterableDatasetShard)
-  - stream-ddp: the stream split by rank itself (no prepare of the loader), batch_size
-    given, `stream.set_epoch(epoch)` before each epoch
+  - stream-ddp: `split="rank"`, the stream split by rank itself (no prepare of the loader),
+    `stream.set_epoch(epoch)` before each epoch
   - map-sampler: ShardDataset with a DistributedSampler, no prepare of the loader
   - map-prepare: ShardDataset in a shuffled DataLoader given to `accelerator.prepare`
-Each rank writes <out>/rank-<r>.json: its world size and, per way and epoch, its step count,
-len(loader) and one key per digit it trained on (sha256 of the pixels, the label).
-tests/test_readers.py checks them.
+The DataLoader's drop_last is the same in every way. Each rank writes <out>/rank-<r>.json:
+its world size and, per way and epoch, its step count, len(loader) and one key per digit it
+trained on (sha256 of the pixels, the label). tests/test_readers.py checks them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from job.shardsets.readers import ShardDataset, ShardStream
 
-BATCH, EPOCHS = 4, 2
+EPOCHS = 2
 
 
 def keys_of(images: torch.Tensor, labels: torch.Tensor) -> list[list]:
@@ -57,36 +58,39 @@ def train(accelerator: Accelerator, model, optimizer, loader, before_epoch=None)
     return seen
 
 
-def main(samples: str, out: str) -> None:
+def main(samples: str, out: str, batch: int, workers: int, drop_last: bool) -> None:
     accelerator = Accelerator()
     torch.manual_seed(0)
     model = torch.nn.Linear(28 * 28, 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     model, optimizer = accelerator.prepare(model, optimizer)
+    persistent = workers > 0
     ways = {}
 
-    stream = ShardStream(samples, shuffle_window=16, seed=3)
-    loader = accelerator.prepare(DataLoader(stream, batch_size=BATCH, num_workers=2, persistent_workers=True))
+    stream = ShardStream(samples, split="none", batch_size=batch, shuffle_window=16, seed=3)
+    loader = accelerator.prepare(DataLoader(stream, batch_size=batch, num_workers=workers,
+                                            persistent_workers=persistent, drop_last=drop_last))
     ways["stream-prepare"] = train(accelerator, model, optimizer, loader)
 
     # A second Accelerator shares the process state (same DDP group) and differs only in how
     # its loaders split an iterable dataset.
     sharding = Accelerator(dataloader_config=DataLoaderConfiguration(dispatch_batches=False))
-    stream = ShardStream(samples, shuffle_window=16, seed=3)
-    loader = sharding.prepare(DataLoader(stream, batch_size=BATCH, num_workers=2))
+    stream = ShardStream(samples, split="none", batch_size=batch, shuffle_window=16, seed=3)
+    loader = sharding.prepare(DataLoader(stream, batch_size=batch, num_workers=workers, drop_last=drop_last))
     ways["stream-shard"] = train(accelerator, model, optimizer, loader)
 
-    own = ShardStream(samples, shuffle_window=16, seed=3, batch_size=BATCH)
-    loader = DataLoader(own, batch_size=BATCH, num_workers=2)
+    own = ShardStream(samples, split="rank", batch_size=batch, shuffle_window=16, seed=3)
+    loader = DataLoader(own, batch_size=batch, num_workers=workers, drop_last=drop_last)
     ways["stream-ddp"] = train(accelerator, model, optimizer, loader, before_epoch=own.set_epoch)
     ways["stream-ddp"]["stream_len"] = len(own)
 
     digits = ShardDataset(samples)
     sampler = DistributedSampler(digits, shuffle=True, seed=3)
-    loader = DataLoader(digits, batch_size=BATCH, sampler=sampler, num_workers=2)
+    loader = DataLoader(digits, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=drop_last)
     ways["map-sampler"] = train(accelerator, model, optimizer, loader, before_epoch=sampler.set_epoch)
 
-    loader = accelerator.prepare(DataLoader(digits, batch_size=BATCH, shuffle=True, num_workers=2))
+    loader = accelerator.prepare(DataLoader(digits, batch_size=batch, shuffle=True, num_workers=workers,
+                                            drop_last=drop_last))
     ways["map-prepare"] = train(accelerator, model, optimizer, loader)
 
     record = {"world_size": accelerator.num_processes, "dist_world_size": torch.distributed.get_world_size(),
@@ -96,4 +100,6 @@ def main(samples: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    args = sys.argv[1:]
+    main(args[0], args[1], int(args[2]) if len(args) > 2 else 4, int(args[3]) if len(args) > 3 else 2,
+         len(args) > 4 and args[4] == "drop_last")

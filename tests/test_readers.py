@@ -19,10 +19,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import REPO, torchrun_cpu
+from conftest import REPO, swapped_environ, torchrun_cpu
 from job import storage
 from job.cli import main
-from job.core.errors import BadInput
 from job.shardsets.readers import ShardDataset, ShardStream
 from job.shardsets.sets import read_manifest, shard_set_digits
 
@@ -88,15 +87,17 @@ def test_verify_refuses_a_shard_whose_bytes_do_not_match_the_manifest(sets, tmp_
     blob = bytearray(shard.read_bytes())
     blob[-1] ^= 0xFF  # one pixel of the last digit
     shard.write_bytes(bytes(blob))
-    with pytest.raises(BadInput, match="shard-000002.safetensors does not match the sha256"):
-        ShardDataset(str(copy), verify=True)
-    with pytest.raises(BadInput, match="does not match the sha256"):
-        list(ShardStream(str(copy)))
-    assert len(ShardDataset(str(copy))) == COUNT  # unverified: the caller's choice
+    # Both check every shard when they are made (the default of both), before any batch, so
+    # every process that makes one stops with this message, whichever shard it would read.
+    with pytest.raises(ValueError, match="shard-000002.safetensors does not match the sha256"):
+        ShardDataset(str(copy))
+    with pytest.raises(ValueError, match="shard-000002.safetensors does not match the sha256"):
+        ShardStream(str(copy), split="rank", rank=1, world_size=5)  # rank 1 never reads shard 2
+    assert len(ShardDataset(str(copy), verify=False)) == COUNT  # unverified: the caller's choice
 
 
 def test_a_folder_without_a_manifest_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(BadInput, match="not a complete shard set: no manifest.json"):
+    with pytest.raises(FileNotFoundError, match="not a complete shard set: no manifest.json"):
         ShardDataset(str(tmp_path))
 
 
@@ -126,11 +127,11 @@ def test_every_rank_yields_the_same_count_for_any_ranks_workers_and_uneven_shard
     # 45 digits in 5 shards (the last one short): fewer shards than ranks x workers, and
     # counts that divide neither by the ranks nor by the workers.
     expected = every_key(sets["webdataset"])
-    for workers, batch_size in ((0, None), (3, None), (3, 4)):
+    for workers, batch_size in ((0, None), (1, None), (3, 4)):
         per_rank = []
         for rank in range(ranks):
             stream = ShardStream(sets["webdataset"], shuffle_window=8, seed=1, rank=rank, world_size=ranks,
-                                 drop_last=drop_last, batch_size=batch_size)
+                                 drop_last=drop_last, batch_size=batch_size, split="rank")
             per_rank.append(stream_keys(stream, workers))
             assert len(per_rank[-1]) == len(stream)
         counts = {len(keys) for keys in per_rank}
@@ -226,30 +227,82 @@ def test_torchvisions_mnist_class_reads_the_idx_shards(sets, tmp_path):
     assert torch.equal(MNIST(str(tmp_path), train=False).data[0], digits[SHARD_SIZE][0][0])
 
 
-def test_a_two_process_ddp_loop_through_accelerate_prepare_sees_every_digit_with_equal_steps(sets, tmp_path):
-    # 5 shards, 2 ranks, 2 workers each; five ways of feeding a DDP model (tests/ddp_reader_loop.py).
-    launcher, env = torchrun_cpu(2)
-    proc = subprocess.run([*launcher, str(REPO / "tests" / "ddp_reader_loop.py"), sets["safetensors"], str(tmp_path)],
+# What each way may repeat per epoch (drop_last=False), for B digits a batch and P processes:
+# the stream's own split and DistributedSampler pad the epoch to a multiple of P; accelerate's
+# dispatcher pads its last group by fewer than one digit per process; IterableDatasetShard
+# and BatchSamplerShard (even_batches) complete the last batch of every process.
+REPEATS_BELOW = {"stream-ddp": lambda b, p: p, "map-sampler": lambda b, p: p, "stream-prepare": lambda b, p: p,
+                 "stream-shard": lambda b, p: b * p, "map-prepare": lambda b, p: b * p}
+
+
+@pytest.mark.parametrize("processes, shard_size, batch, workers, drop_last", [
+    (2, SHARD_SIZE, 4, 2, False),  # 5 shards, the last one short
+    (3, 44, 5, 4, False),  # one shard of 44 and one of 1: fewer shards than processes x workers
+    (2, COUNT, 11, 4, True),  # one shard, 11 a batch, the DataLoader's drop_last
+])
+def test_a_ddp_loop_sees_every_digit_with_equal_steps_and_a_true_len_five_ways(
+        generator_file, tmp_path, processes, shard_size, batch, workers, drop_last):
+    samples = make_set(generator_file, tmp_path / "set", f"shard_size={shard_size}")
+    launcher, env = torchrun_cpu(processes)
+    args = [samples, str(tmp_path), str(batch), str(workers), *(["drop_last"] if drop_last else [])]
+    proc = subprocess.run([*launcher, str(REPO / "tests" / "ddp_reader_loop.py"), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # a hung rank times out
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert [r["world_size"] for r in ranks] == [r["dist_world_size"] for r in ranks] == [2, 2]
-    expected = every_key(sets["safetensors"])
-    for way in ("stream-prepare", "stream-shard", "stream-ddp", "map-sampler", "map-prepare"):
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(processes)]
+    assert [r["world_size"] for r in ranks] == [r["dist_world_size"] for r in ranks] == [processes] * processes
+    expected = every_key(samples)
+    for way, bound in REPEATS_BELOW.items():
         per_rank = [r["ways"][way] for r in ranks]
         epochs = []
         for epoch in range(2):
             steps = [w["steps"][epoch] for w in per_rank]
-            assert steps[0] == steps[1] == per_rank[0]["len"] == per_rank[1]["len"], (way, steps)
+            assert len(set(steps)) == 1 and steps[0] == per_rank[0]["len"], (way, steps)  # len(loader) is true
             seen = Counter(tuple(k) for w in per_rank for k in w["keys"][epoch])
-            assert set(seen) == set(expected), way  # no digit lost
-            extra = sum(seen.values()) - COUNT  # padding to equal batches: the only repeats
-            assert 0 <= extra < 2 * 4 and max(seen.values()) <= 2, (way, extra)
+            if drop_last:  # short batches left out: nothing twice, less than a batch per process lost
+                assert max(seen.values()) == 1 and COUNT - len(seen) < batch * processes, way
+            else:
+                assert set(seen) == set(expected), way  # no digit lost
+                assert 0 <= sum(seen.values()) - COUNT < bound(batch, processes), (way, sum(seen.values()))
             epochs.append([k for w in per_rank for k in w["keys"][epoch]])
         assert epochs[0] != epochs[1], way  # a new order each epoch (persistent workers for stream-prepare)
-    # The stream's own split pads like DistributedSampler: ceil(45 / 2) = 23 digits per rank.
-    assert [r["ways"]["stream-ddp"]["stream_len"] for r in ranks] == [23, 23]
-    assert sum(len(k) for r in ranks for k in r["ways"]["stream-prepare"]["keys"][:1]) == 46
+    # The stream's own split pads like DistributedSampler: ceil(45 / processes) digits per rank.
+    stream_len = -(-COUNT // processes)
+    assert [r["ways"]["stream-ddp"]["stream_len"] for r in ranks] == [stream_len] * processes
+
+
+def readme_block(heading: str, page: str = "README.md") -> str:
+    """The python block that follows `heading` in README's reader section (or in `page`)."""
+    text = (REPO / page).read_text()
+    if page == "README.md":
+        text = text[text.index("## Using the digits in your training"):]
+    return re.findall(r"```python\n(.*?)```", text[text.index(heading):], re.S)[0]
+
+
+def test_readmes_accelerate_recipe_runs_as_written_on_two_processes(sets, tmp_path):
+    script = tmp_path / "train.py"
+    block = readme_block("**With accelerate**")
+    script.write_text(block.replace('"runs/quickstart/digits"', repr(sets["safetensors"])))
+    launcher, env = torchrun_cpu(2)
+    proc = subprocess.run([*launcher, str(script)], cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.findall(r"epoch (\d): 2 processes, (\d+) steps", proc.stdout) == [(str(e), "1") for e in range(3)]
+
+
+def test_classic_torchvision_transforms_get_pil_images_and_v2_pipelines_keep_working(sets):
+    from PIL import Image
+
+    scope: dict = {}
+    block = readme_block("torchvision's classic transforms", "docs/readers.md").replace('"runs/quickstart/digits"', repr(sets["idx"]))
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (our own README's code)
+    image, label = scope["digits"][0]
+    raw = ShardDataset(sets["idx"])
+    assert image.shape == (1, 28, 28) and image.dtype == torch.float32
+    assert torch.allclose(image, raw[0][0].float() / 255 * 2 - 1) and label == raw[0][1]
+    pil, _ = next(iter(ShardStream(sets["idx"], images="pil")))
+    assert isinstance(pil, Image.Image) and pil.mode == "L" and pil.size == (28, 28)
+    with pytest.raises(ValueError, match="dtype= applies to tensor images"):
+        ShardDataset(sets["idx"], images="pil", dtype=torch.float32)
 
 
 def test_the_readers_follow_torchvision_conventions(sets):
@@ -265,8 +318,31 @@ def test_the_readers_follow_torchvision_conventions(sets):
                                                                v2.Normalize((0.5,), (0.5,))]))
     image, _ = next(iter(normalized))
     assert image.dtype == torch.float32 and -1 <= image.min() and image.max() <= 1
-    assert "rank 0 of 1" in repr(normalized) and "Per epoch: 45 items" in repr(normalized)
+    assert "one process" in repr(normalized) and "Per epoch: 45 items" in repr(normalized)
     assert len(DataLoader(ShardStream(sets["idx"], batch_size=8), batch_size=8)) == 6
+
+
+def test_several_processes_must_say_who_splits_and_a_stream_cannot_drop_what_accelerate_splits(sets):
+    with pytest.raises(ValueError, match="2 processes read this set and split= is not given: pass split='none' when"):
+        ShardStream(sets["idx"], rank=0, world_size=2)
+    with pytest.raises(ValueError, match="pass drop_last=True to the DataLoader instead"):
+        ShardStream(sets["idx"], split="none", drop_last=True)
+    with pytest.raises(ValueError, match="split='halves' is not one of"):
+        ShardStream(sets["idx"], split="halves")
+    assert len(ShardStream(sets["idx"], split="rank", rank=1, world_size=2)) == 23
+    assert len(ShardStream(sets["idx"], split="none", rank=1, world_size=2)) == COUNT  # accelerate splits
+
+
+def test_a_resume_state_from_another_number_of_processes_is_refused_when_loaded(sets):
+    stream = ShardStream(sets["idx"], split="rank", rank=0, world_size=2, seed=2)
+    reading = iter(stream)
+    next(reading)
+    state = stream.state_dict()
+    assert state["processes"] == 2 and state["split"] == "rank"
+    other = ShardStream(sets["idx"], split="rank", rank=0, world_size=3, seed=2)
+    with pytest.raises(ValueError, match=r"saved by a stream with split='rank', 2 processes and 1 DataLoader workers, "
+                                         r"but this one has split='rank', 3 processes"):
+        other.load_state_dict(state)
 
 
 def test_reader_errors_are_standard_exceptions_that_name_the_path(sets, tmp_path):
@@ -304,12 +380,15 @@ def test_an_s3_set_is_cached_once_for_the_map_style_dataset_and_streamed_without
     assert set(tmp_path.rglob("*")) == before  # streamed: nothing written locally
     storage.delete(storage.join(uri, "shard-000000.safetensors"))  # the cached copy serves from now on
     assert torch.equal(ShardDataset(uri, cache_dir=str(cache))[0][0], digits[0][0])
+    with swapped_environ({"AWS_SECRET_ACCESS_KEY": "not-the-secret"}):
+        with pytest.raises(PermissionError, match=f"{uri}/manifest.json: access denied"):
+            ShardStream(uri)
+    with pytest.raises(FileNotFoundError, match=f"s3://{bucket}/nothing is not a complete shard set"):
+        ShardDataset(f"s3://{bucket}/nothing")
 
 
 def test_the_readme_block_mixes_real_mnist_and_synthetic_digits_in_one_loader(sets):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Using the digits in your training"):]
-    block = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the second: real + synthetic
+    block = readme_block("Real MNIST and 60,000 synthetic digits in one DataLoader")
     # As written, but with this test's set and one batch; mnist() reads $DIGITS_DATA_DIR (offline here).
     block = block.replace('"runs/quickstart/digits"', repr(sets["safetensors"])).replace("    ...", "    break")
     scope: dict = {}

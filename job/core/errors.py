@@ -30,6 +30,15 @@ class BadInput(JobError):
     exit_code = 2
 
 
+class NotThere(BadInput, FileNotFoundError):
+    """A file or object that does not exist (a FileNotFoundError for code that reads sets
+    through job.readers, BadInput for the commands)."""
+
+
+class AccessDenied(BadInput, PermissionError):
+    """Storage refused to let this user read or write (a PermissionError for readers' users)."""
+
+
 class StorageUnreachable(JobError):
     exit_code = 3
 

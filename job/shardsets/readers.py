@@ -3,43 +3,49 @@
     from job.shardsets.readers import ShardDataset, ShardStream
 
     digits = ShardDataset("runs/quickstart/digits")   # map-style: len(digits), digits[i] -> (image, label)
-    stream = ShardStream("s3://bucket/synthetic/v1", shuffle_window=10_000, seed=0)  # streamed, no local copy
+    stream = ShardStream("s3://bucket/synthetic/v1", split="none", batch_size=128)  # streamed, no local copy
 
 Both take a local folder or an s3:// prefix holding manifest.json, any registered shard
 format (safetensors, webdataset, idx) and both layouts. An item is (image, label) for
 single digits, or (image, text, boxes) for `layout=strings`. The image is uint8 [C, H, W]
-(a string at its own width), or float in [0, 1] with dtype=torch.float32; the label an int
-(-1 for an unlabeled set); boxes [[x0, y0, x1, y1]] per digit. `transform` is applied to
-the image and `target_transform` to the label (or text), as torchvision datasets do;
-`classes` and `targets` are there too.
+(a string at its own width), float in [0, 1] with dtype=torch.float32, or a PIL image with
+images="pil" (what torchvision's MNIST hands its transforms, so ToTensor()/Normalize work
+unchanged); the label an int (-1 for an unlabeled set); boxes [[x0, y0, x1, y1]] per digit.
+`transform` is applied to the image and `target_transform` to the label (or text), as
+torchvision datasets do; `classes` and `targets` are there too.
+
+Both check every shard file against the manifest's sha256 when they are made (verify=True,
+the default of both), in every process, so a damaged or altered set stops every rank with the
+same message before the first batch; verify=False trusts the files. Errors are standard
+exceptions naming the path: FileNotFoundError (no complete set there), PermissionError
+(storage refused access), ValueError (a bad manifest, a file that does not match its sha256,
+arguments that cannot work together).
 
 - ShardDataset reads safetensors shards memory-mapped (an item reads only its own bytes);
   other formats are held in memory shard by shard, a tar's PNGs decoded one by one. An
-  s3:// set is downloaded once into $DIGITS_CACHE_DIR/samples/, every file checked against
-  the manifest's sha256; `verify=True` also checks a local set's files. Several processes:
-  any sampler (DistributedSampler) or accelerate's `prepare`, as with any dataset.
-- ShardStream reads shards as it goes (local or S3, straight into memory), each checked
-  against the manifest unless verify=False. Its order is a function of (seed, epoch) only:
-  shards in a seeded order, items shuffled within windows of `shuffle_window` positions.
-  Several processes, two ways, never both:
-    * `accelerator.prepare(DataLoader(stream, ...))`: accelerate splits the batches between
-      processes (by default process 0 reads and dispatches them). Accelerate's loader calls
-      `set_epoch` on the stream before each epoch, which tells the stream to yield the whole
-      set and leave the split to accelerate; its even_batches pads the last batch from the
-      first ones, so a few digits come twice at the end of an epoch.
-    * no prepare (torchrun + DDP, or a loop of your own): the stream splits itself by rank
-      (torch.distributed, else RANK/WORLD_SIZE). Every rank gets the same number of items,
-      so every rank takes the same number of steps: ceil(N / ranks) with the first items
-      of the epoch repeated to fill the last rank (drop_last=False, as DistributedSampler
-      does), or N // ranks with the rest left out (drop_last=True).
-  Within a rank the items are split between DataLoader workers: in whole batches taken in
-  turn when `batch_size` is given (the loader's order is then the rank's order, for any
-  number of workers, and len(loader) is exact), else in one contiguous part per worker
-  (each worker reads the fewest shards). `len(stream)` is this rank's count per epoch.
-  `set_epoch` reaches persistent workers (the epoch lives in shared memory).
-  `state_dict()` / `load_state_dict()` give mid-epoch resumption: plain ints (JSON), kept
-  per DataLoader worker by torchdata's StatefulDataLoader, or for the stream itself with
-  num_workers=0. A resumed epoch yields exactly the items the interrupted one had not.
+  s3:// set is downloaded once into $DIGITS_CACHE_DIR/samples/. Several processes: any
+  sampler (DistributedSampler) or accelerate's `prepare`, as with any dataset.
+- ShardStream reads shards as it goes (local or S3, straight into memory). Its order is a
+  function of (seed, epoch) only: shards in a seeded order, items shuffled within windows of
+  `shuffle_window` positions. With several processes, `split=` says who splits the set
+  (required then; with one process there is nothing to split):
+    * split="none" when the DataLoader goes to `accelerator.prepare`: every process that
+      reads yields the whole set and accelerate splits it (by default process 0 reads and
+      dispatches batches; with dispatch_batches=False every process reads and keeps its own).
+      The DataLoader's drop_last decides what happens to the last short batch.
+    * split="rank" when it does not (torchrun + DDP, or a loop of your own): this rank's
+      equal part, ceil(N / ranks) with the first items of the epoch repeated to fill the last
+      rank (drop_last=False, as DistributedSampler does) or N // ranks (drop_last=True).
+  With num_workers > 1, `batch_size=` must be the DataLoader's: the workers then take whole
+  batches in turn (a wrapper that groups by process, like accelerate's IterableDatasetShard,
+  whole batches of batch_size x processes), so only the epoch's last batch can be short:
+  no digit is lost, `len(loader)` is the number of batches each rank yields, and the
+  loader's order is the same for any number of workers. `len(stream)` is the items this
+  process yields per epoch. `set_epoch` reaches persistent workers (the epoch lives in
+  shared memory). `state_dict()` / `load_state_dict()` give mid-epoch resumption: plain ints
+  (JSON), kept per DataLoader worker by torchdata's StatefulDataLoader, or for the stream
+  itself with num_workers=0. A resumed epoch yields exactly the items the interrupted one had
+  not; a state from another number of processes or workers is refused when it is loaded.
 
 Importing this module loads torch, safetensors, numpy and Pillow, and boto3 only when an
 s3:// set is read: not accelerate, the models or any command.
@@ -51,7 +57,6 @@ import bisect
 import itertools
 import json
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
@@ -80,15 +85,34 @@ def _open_shard(folder: str, record: dict, fmt: str, strings: bool, where: str, 
     return formats.read_items(fmt, verified_shard_files(folder, record, where, verify=verify), strings)
 
 
+IMAGE_TYPES = ("tensor", "pil")
+
+
+def _to_pil(image: torch.Tensor):
+    """uint8 [C, H, W] -> a PIL image ("L" for one channel, "RGB" for three), as torchvision's
+    datasets hand their transforms."""
+    from PIL import Image
+
+    pixels = image.numpy()
+    return Image.fromarray(pixels[0], mode="L") if pixels.shape[0] == 1 else \
+        Image.fromarray(pixels.transpose(1, 2, 0), mode="RGB")
+
+
 class _SetReader:
-    """What both readers share: the set's manifest, and how an item leaves the reader
-    (dtype, transform, target_transform)."""
+    """What both readers share: the set's manifest, its check, and how an item leaves the
+    reader (image type, dtype, transform, target_transform)."""
 
     def _read_set(self, uri: str, dtype: torch.dtype, transform: Callable | None,
-                  target_transform: Callable | None) -> None:
+                  target_transform: Callable | None, images: str) -> None:
         if dtype != torch.uint8 and not dtype.is_floating_point:
             raise ValueError(f"dtype={dtype} is not allowed: torch.uint8 (as stored) or a float dtype (in [0, 1])")
+        if images not in IMAGE_TYPES:
+            raise ValueError(f"images={images!r} is not one of {', '.join(map(repr, IMAGE_TYPES))}")
+        if images == "pil" and dtype != torch.uint8:
+            raise ValueError("dtype= applies to tensor images: with images='pil' the transform converts "
+                             "(ToTensor() gives float in [0, 1])")
         self.uri, self.dtype, self.transform, self.target_transform = uri, dtype, transform, target_transform
+        self.images = images
         self.manifest = read_manifest(uri)
         self.format = self.manifest["shard_format"]
         self.layout = layouts.named(self.manifest.get("layout"))
@@ -98,6 +122,12 @@ class _SetReader:
         self.where = manifest_uri(uri)
         self.classes = CLASSES
 
+    def _verify_every_shard(self, folder: str) -> None:
+        """Every shard file of the set checked against the manifest's sha256 (ValueError naming
+        the file), in this process, before any item is read."""
+        for record in self.records:
+            verified_shard_files(folder, record, self.where)
+
     @property
     def count(self) -> int:
         """Items in the whole set."""
@@ -105,7 +135,9 @@ class _SetReader:
 
     def _finish(self, item: tuple) -> tuple:
         image = item[0]
-        if self.dtype != torch.uint8:
+        if self.images == "pil":
+            image = _to_pil(image)
+        elif self.dtype != torch.uint8:
             image = image.to(self.dtype) / 255
         if self.transform is not None:
             image = self.transform(image)
@@ -115,7 +147,9 @@ class _SetReader:
     def _describe(self, lines: list[str]) -> str:
         body = [f"Number of datapoints: {self.count}", f"Location: {self.uri}",
                 f"Format: {self.format}, {len(self.records)} shards of {self.layout.unit}s", *lines]
-        if self.dtype != torch.uint8:
+        if self.images == "pil":
+            body.append("Images: PIL")
+        elif self.dtype != torch.uint8:
             body.append(f"Images: {self.dtype} in [0, 1]")
         if self.transform is not None:
             body.append(f"Transform: {self.transform!r}")
@@ -128,14 +162,13 @@ class ShardDataset(_SetReader, Dataset):
     """Map-style dataset over a complete sample set: `len()` digits (or strings), item i in
     shard order. Safe to hand to DataLoader workers (each opens its own file handles)."""
 
-    def __init__(self, uri: str, verify: bool = False, transform: Callable | None = None,
+    def __init__(self, uri: str, verify: bool = True, transform: Callable | None = None,
                  target_transform: Callable | None = None, dtype: torch.dtype = torch.uint8,
-                 cache_dir: str | None = None):
-        self._read_set(uri, dtype, transform, target_transform)
+                 cache_dir: str | None = None, images: str = "tensor"):
+        self._read_set(uri, dtype, transform, target_transform, images)
         self.folder = self._local_copy(cache_dir) if storage.is_remote(uri) else uri
         if verify and not storage.is_remote(uri):  # a remote set was checked as it was copied
-            for record in self.records:
-                verified_shard_files(uri, record, self.where)
+            self._verify_every_shard(uri)
         self.offsets = [0, *itertools.accumulate(self.counts)]  # offsets[s]: index of shard s's first item
         self._open: dict[int, formats.ShardItems] = {}
         self._targets: torch.Tensor | None = None
@@ -195,24 +228,6 @@ class ShardDataset(_SetReader, Dataset):
 # ----------------------------------------------------------------------------- the stream
 
 
-def _accelerate_loader(frame, depth: int):
-    """The accelerate loader (DataLoaderDispatcher or IterableDatasetShard) among the
-    `depth` callers from `frame` up, or None. Accelerate calls set_epoch and len() on the
-    dataset it wraps; this is how the stream knows that accelerate splits the data."""
-    if "accelerate.data_loader" not in sys.modules:  # never imports accelerate itself
-        return None
-    for _ in range(depth):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        # type(), not isinstance: accelerate's loaders pose as DataLoader through __class__.
-        if owner is not None and type(owner).__module__ == "accelerate.data_loader" and \
-                type(owner).__name__ in ("DataLoaderDispatcher", "IterableDatasetShard"):
-            return owner
-        frame = frame.f_back
-    return None
-
-
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """This process's place: as given, else torch.distributed's, else the RANK/WORLD_SIZE
     that torchrun and accelerate launch set, else a single process."""
@@ -267,15 +282,24 @@ class _OpenShards:
         return self.held[s]
 
 
+SPLITS = ("rank", "none")
+
+
+def _split_needed(ranks: int) -> str:
+    return (f"ShardStream: {ranks} processes read this set and split= is not given: pass split='none' when the "
+            "DataLoader goes to accelerator.prepare (accelerate splits), split='rank' when it does not "
+            "(the stream gives each rank its part)")
+
+
 class ShardStream(_SetReader, IterableDataset):
-    """Iterable dataset over a sample set (local or s3://), read as it goes. Every rank
-    yields the same number of items per epoch; see the module docstring for how ranks,
-    workers and accelerate share the set."""
+    """Iterable dataset over a sample set (local or s3://), read as it goes. `split` says who
+    splits the set between processes; see the module docstring."""
 
     def __init__(self, uri: str, shuffle_window: int = 0, seed: int = 0, shuffle_shards: bool = True,
                  verify: bool = True, transform: Callable | None = None, target_transform: Callable | None = None,
                  dtype: torch.dtype = torch.uint8, drop_last: bool = False, batch_size: int | None = None,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, split: str | None = None,
+                 images: str = "tensor"):
         if shuffle_window < 0:
             raise ValueError(f"shuffle_window={shuffle_window} must be >= 0 (0: no shuffle within shards)")
         if batch_size is not None and batch_size < 1:
@@ -284,31 +308,31 @@ class ShardStream(_SetReader, IterableDataset):
             raise ValueError("give both rank and world_size, or neither (then torch.distributed's are used)")
         if world_size is not None and not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self._read_set(uri, dtype, transform, target_transform)
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split={split!r} is not one of 'rank' (the stream splits by rank) or 'none' "
+                             "(accelerator.prepare splits)")
+        if split == "none" and drop_last:
+            raise ValueError("drop_last=True with split='none': accelerate splits the batches, so the DataLoader's "
+                             "drop_last decides: pass drop_last=True to the DataLoader instead")
         self.shuffle_window, self.seed, self.shuffle_shards = shuffle_window, seed, shuffle_shards
-        self.verify, self.drop_last, self.batch_size = verify, drop_last, batch_size
+        self.verify, self.drop_last, self.batch_size, self.split = verify, drop_last, batch_size, split
         self._rank, self._world_size = rank, world_size
+        if split is None and self.world_size > 1:
+            raise ValueError(_split_needed(self.world_size))
+        self._read_set(uri, dtype, transform, target_transform, images)
+        if verify:  # every process, before any batch: a bad shard stops every rank with this message
+            self._verify_every_shard(uri)
         # The epoch in shared memory: persistent DataLoader workers see set_epoch too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._accelerate: str | None = None  # "dispatch-main", "dispatch-other" or "shard", once accelerate tells
         self._resume: dict | None = None  # a loaded state, for this process's next epoch of the same number
         self._progress = {"epoch": 0, "position": 0, "layout": None}  # of this process's live iterator
 
-    # -- who splits, and how much each rank reads
+    # -- who splits, and how much each process reads
 
     def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch on every rank (accelerate's loader does it for you): a new
-        shard order and shuffle, in this process and its DataLoader workers."""
-        owner = _accelerate_loader(sys._getframe(1), depth=1)
-        if owner is not None:
-            if type(owner).__name__ == "IterableDatasetShard":
-                self._accelerate = "shard"  # every process reads the whole set and keeps its slices
-            else:  # process 0 reads for everyone; the others' loaders are created but never read
-                self._accelerate = "dispatch-main" if owner.state.process_index == 0 else "dispatch-other"
+        """Call before each epoch on every rank (accelerate's prepared loader does it for you):
+        a new shard order and shuffle, in this process and its DataLoader workers."""
         self._epoch.fill_(epoch)
-
-    def _accelerate_splits(self, frame) -> bool:
-        return self._accelerate is not None or _accelerate_loader(frame, depth=4) is not None
 
     @property
     def rank(self) -> int:
@@ -318,25 +342,56 @@ class ShardStream(_SetReader, IterableDataset):
     def world_size(self) -> int:
         return _rank_and_world(self._rank, self._world_size)[1]
 
+    def _ranks(self) -> tuple[int, int]:
+        """(this process's part, parts) the stream splits the epoch into: by rank for
+        split='rank', none otherwise (the whole set)."""
+        ranks = self.world_size
+        if self.split is None and ranks > 1:
+            raise ValueError(_split_needed(ranks))
+        return (self.rank, ranks) if self.split == "rank" else (0, 1)
+
     def _rank_length(self, ranks: int) -> int:
         return self.count // ranks if self.drop_last else -(-self.count // ranks)
 
     def __len__(self) -> int:
-        """Items per epoch on this rank; the whole set where accelerate splits it."""
-        if self._accelerate_splits(sys._getframe(1)):
-            return self.count
-        return self._rank_length(self.world_size)
+        """Items this process yields per epoch: its rank's part (split='rank'), else the whole set."""
+        return self._rank_length(self._ranks()[1])
+
+    def _workers(self) -> tuple[int, int, int]:
+        """(worker, workers, block): this DataLoader worker, how many there are, and the unit
+        they take in turn. Refuses what would leave short batches inside the epoch."""
+        info = get_worker_info()
+        if info is None or info.num_workers == 1:
+            return 0, 1, max(1, self._rank_length(self._ranks()[1]))
+        if self.batch_size is None:
+            raise ValueError(f"ShardStream: num_workers={info.num_workers} needs batch_size= (the DataLoader's) on the "
+                             "stream, so that the workers take whole batches in turn; without it each worker ends "
+                             "on a short batch of its own, and digits are lost or len(loader) is wrong")
+        block = self.batch_size
+        wrapper = info.dataset if info.dataset is not self else None
+        sharding = getattr(wrapper, "num_processes", 1) if wrapper is not None else 1
+        if sharding > 1:
+            # A wrapper that groups whole batches of every process before it splits them
+            # (accelerate's IterableDatasetShard): each worker takes whole groups.
+            if self.split == "rank":
+                raise ValueError("ShardStream(split='rank') is split again by its wrapper (accelerator.prepare with "
+                                 "dispatch_batches=False): use split='none' when the DataLoader is prepared")
+            block *= sharding
+        return info.id, info.num_workers, block
 
     # -- resumption
 
     def state_dict(self) -> dict:
-        """Where this process's reading stands (plain ints: json.dumps works). In a
+        """Where this process's reading stands (plain ints and strings: json.dumps works). In a
         DataLoader worker it is that worker's; torchdata's StatefulDataLoader keeps one per worker."""
-        return {**self._progress, "items": self.count, "seed": self.seed}
+        info = get_worker_info()
+        return {**self._progress, "items": self.count, "seed": self.seed, "split": self.split,
+                "processes": self.world_size, "workers": info.num_workers if info is not None else 1}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the next epoch numbered state['epoch'] in this process starts where the
-        saved one stopped. The set, seed and layout (ranks, workers) must be the same."""
+        saved one stopped. The set, seed, split, processes and workers must be the same:
+        checked here, before any batch."""
         try:
             epoch, position, items, seed = (int(state[k]) for k in ("epoch", "position", "items", "seed"))
         except (KeyError, TypeError, ValueError) as e:
@@ -344,6 +399,16 @@ class ShardStream(_SetReader, IterableDataset):
         if (items, seed) != (self.count, self.seed):
             raise ValueError(f"the state was saved for {items} items with seed {seed}, but {self.uri} holds "
                              f"{self.count} and this stream's seed is {self.seed}")
+        info = get_worker_info()
+        now = {"split": self.split, "processes": self.world_size, "workers": info.num_workers if info else None}
+        saved = {k: state.get(k) for k in now}
+        differs = [k for k in now if now[k] is not None and saved[k] is not None and saved[k] != now[k]]
+        if differs:
+            raise ValueError(f"the state was saved by a stream with split={saved['split']!r}, {saved['processes']} "
+                             f"processes and {saved['workers']} DataLoader workers, but this one has "
+                             f"split={self.split!r}, {self.world_size} processes"
+                             + (f" and {info.num_workers} workers" if info else "")
+                             + ": resume with the same split, number of processes and num_workers")
         self._resume = {**state, "epoch": epoch, "position": position}
         self._epoch.fill_(epoch)
 
@@ -351,11 +416,8 @@ class ShardStream(_SetReader, IterableDataset):
 
     def __iter__(self) -> Iterator[tuple]:
         epoch = int(self._epoch)
-        if self._accelerate == "dispatch-other":
-            return iter(())  # accelerate reads on process 0 and broadcasts: nothing to read here
-        worker = get_worker_info()
-        workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
-        rank, ranks = (0, 1) if self._accelerate_splits(sys._getframe(1)) else (self.rank, self.world_size)
+        rank, ranks = self._ranks()
+        worker_id, workers, block = self._workers()
         layout = [rank, ranks, worker_id, workers]
         start, resume, self._resume = 0, self._resume, None
         if resume is not None and resume["epoch"] == epoch:
@@ -365,14 +427,13 @@ class ShardStream(_SetReader, IterableDataset):
             start = resume["position"]
         self._progress = {"epoch": epoch, "position": start, "layout": layout}
         return self._read(_EpochOrder(self.counts, self.seed, epoch, self.shuffle_shards, self.shuffle_window),
-                          self._positions(rank, ranks, worker_id, workers), start)
+                          self._positions(rank, ranks, worker_id, workers, block), start)
 
-    def _positions(self, rank: int, ranks: int, worker: int, workers: int) -> Iterator[int]:
+    def _positions(self, rank: int, ranks: int, worker: int, workers: int, block: int) -> Iterator[int]:
         """The epoch positions one reader yields, in order: its rank's equal part of the
         epoch (wrapping round to the first positions to fill it), then its worker's blocks."""
         length, n = self._rank_length(ranks), self.count
         first = rank * length
-        block = self.batch_size or max(1, -(-length // workers))
         for b in range(worker, -(-length // block), workers):
             for q in range(b * block, min((b + 1) * block, length)):
                 yield (first + q) % n
@@ -380,8 +441,9 @@ class ShardStream(_SetReader, IterableDataset):
     def _read(self, order: _EpochOrder, positions: Iterator[int], start: int) -> Iterator[tuple]:
         smallest = min((c for c in self.counts if c > 0), default=1)
         capacity = max(self.shuffle_window, 1) // smallest + 2  # every shard a window touches, and the next
+        # Checked when the stream was made (verify=True): read as it is, memory-mapped where it can be.
         held = _OpenShards(lambda s: _open_shard(self.uri, self.records[s], self.format, self.strings, self.where,
-                                                 self.verify), capacity)
+                                                 verify=False), capacity)
         for p in itertools.islice(positions, start, None):
             s, j = order.item_at(p)
             item = held.get(s).item(j)
@@ -389,7 +451,8 @@ class ShardStream(_SetReader, IterableDataset):
             yield self._finish(item)
 
     def __repr__(self) -> str:
-        split = "accelerate" if self._accelerate else f"rank {self.rank} of {self.world_size}"
+        split = {"rank": f"rank {self.rank} of {self.world_size}", "none": "the whole set: accelerate splits",
+                 None: "one process"}[self.split]
         return self._describe([f"Per epoch: {len(self)} items ({split}, drop_last={self.drop_last})",
                                f"Order: seed {self.seed}, shuffle_window {self.shuffle_window}, "
                                f"shuffle_shards {self.shuffle_shards}"])

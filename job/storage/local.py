@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
-from job.core.errors import BadInput, write_failed
+from job.core.errors import AccessDenied, BadInput, NotThere, write_failed
 
 _UMASK: int | None = None
 
@@ -61,11 +61,11 @@ class LocalFiles:
             with open(uri, "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise BadInput(f"{uri} does not exist") from None
+            raise NotThere(f"{uri} does not exist") from None
         except IsADirectoryError:
             raise BadInput(f"{uri} is a folder, not a file") from None
         except PermissionError:
-            raise BadInput(f"{uri} cannot be read: permission denied") from None
+            raise AccessDenied(f"{uri} cannot be read: permission denied") from None
 
     def size(self, uri: str) -> int | None:
         return os.path.getsize(uri) if os.path.isfile(uri) else None
@@ -123,4 +123,4 @@ class LocalFiles:
         try:
             shutil.copyfile(uri, path)
         except FileNotFoundError:
-            raise BadInput(f"{uri} does not exist") from None
+            raise NotThere(f"{uri} does not exist") from None

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from job.core.errors import BadInput, StorageUnreachable
+from job.core.errors import AccessDenied, BadInput, NotThere, StorageUnreachable
 
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bytes; larger files go up and down in parts
 # S3's bucket naming rules: 3-63 lower-case letters, digits, dots and hyphens, starting and
@@ -121,15 +121,15 @@ class _S3Errors:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             bucket = split_s3(uri)[0]
             if code in ("NoSuchBucket",) or (code in ("404", "NotFound") and self.bucket_level):
-                raise BadInput(f"{uri}: bucket {bucket!r} does not exist at {_endpoint()}: create it first") from None
+                raise NotThere(f"{uri}: bucket {bucket!r} does not exist at {_endpoint()}: create it first") from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden",
                         "InvalidToken", "ExpiredToken") or status == 403:
-                raise BadInput(
+                raise AccessDenied(
                     f"{uri}: access denied ({code or status}): check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
                     "or AWS_PROFILE and the bucket policy"
                 ) from None
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise BadInput(f"{uri} does not exist") from None
+                raise NotThere(f"{uri} does not exist") from None
             if status is not None and status >= 500:
                 raise StorageUnreachable(f"{uri}: storage at {_endpoint()} failed: {code} (HTTP {status})") from None
             raise BadInput(f"{uri}: storage refused the request: {code} {err.get('Message', '')}") from None
