@@ -293,8 +293,9 @@ def test_classic_torchvision_transforms_get_pil_images_and_v2_pipelines_keep_wor
     from PIL import Image
 
     scope: dict = {}
-    block = readme_block("torchvision's classic transforms", "docs/readers.md").replace('"runs/quickstart/digits"', repr(sets["idx"]))
-    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (our own README's code)
+    block = readme_block("torchvision's classic transforms", "docs/readers.md")
+    block = block.replace('"runs/quickstart/digits"', repr(sets["idx"]))
+    exec(compile(block, "docs/readers.md", "exec"), scope)  # noqa: S102 (our own README's code)
     image, label = scope["digits"][0]
     raw = ShardDataset(sets["idx"])
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32

@@ -309,6 +309,16 @@ def test_labels_classifier_labels_an_unconditional_generator_in_exact_quotas_on_
     assert torch.equal(probs.argmax(dim=1), labels) and (probs.max(dim=1).values >= 0.5).all()
 
 
+def test_labels_classifier_refuses_a_rare_class_by_what_it_would_cost_at_this_shard_size():
+    from job.sampling.generation import ClassifierLabels
+
+    rounds = ClassifierLabels.expected_rounds
+    labeller = ClassifierLabels(None, 0.5, 100, None)
+    # 0.35% class ones: a few rounds for a 100-digit shard, far too many for 10,000 digits
+    assert rounds(labeller, 0.0035, 100, 10) < 15 < labeller.ROUND_BUDGET < rounds(labeller, 0.0035, 10_000, 10)
+    assert rounds(labeller, 0.0, 100, 10) == float("inf")
+
+
 @pytest.mark.parametrize(
     "gen_fixture, message",
     [

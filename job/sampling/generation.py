@@ -104,7 +104,7 @@ class ClassifierLabels:
 
     MAX_ROUNDS = 200
     PREFLIGHT = 2000
-    MIN_SHARE = 0.005  # a class this rare would take ~20 rounds per shard
+    ROUND_BUDGET = 100  # expected rounds to fill the rarest class's quota of one shard, at most
     MIN_ROUND = 256
 
     def __init__(self, classifier, min_confidence: float, batch: int, device: torch.device):
@@ -115,21 +115,32 @@ class ClassifierLabels:
         confidence, predicted = scoring.score(self.classifier, images, self.batch, self.device).probs.max(dim=1)
         return torch.where(confidence >= self.min_confidence, predicted, formats.NO_LABEL)
 
+    def expected_rounds(self, share: float, shard: int, num_classes: int) -> float:
+        """Rounds `fill` takes on average to find a class's quota in a shard of `shard` digits
+        when `share` of the generator's digits are of that class (infinite when none are)."""
+        quota, round_size = -(-shard // num_classes), max(-(-shard // 4), self.MIN_ROUND)
+        return quota / (share * round_size) if share > 0 else math.inf
+
     def preflight(self, G, plan: Plan) -> list[float]:
         """Each class's share of a few digits from a separate stream; refuses (before anything
-        is written) a generator that almost never draws some class."""
+        is written) a generator whose rarest class would take more than ROUND_BUDGET rounds
+        per shard to fill its quota (the cost grows with the shard size: 0.4% at 10,000 a shard)."""
         gen = torch.Generator().manual_seed(seeds.stream_seed(plan.seed, -1))
         z = torch.randn(self.PREFLIGHT, G.latent_dim, generator=gen)
         judged = self.labels(generate(G, z, torch.zeros(len(z), dtype=torch.int64), self.batch, self.device,
                                       plan.precision))
         shares = (torch.bincount(judged[judged >= 0], minlength=plan.num_classes).float() / len(judged)).tolist()
         rarest = min(range(plan.num_classes), key=lambda c: shares[c])
-        if shares[rarest] < self.MIN_SHARE:
+        shard = plan.shard_count(0)
+        rounds = self.expected_rounds(shares[rarest], shard, plan.num_classes)
+        if rounds > self.ROUND_BUDGET:
+            cost = f"about {rounds:.0f} rounds" if math.isfinite(rounds) else "rounds without end"
             raise BadInput(
                 f"labels=classifier: only {100 * shares[rarest]:.2f}% of this generator's digits are class {rarest}"
                 + (f" with confidence >= {self.min_confidence}" if self.min_confidence else "")
-                + f" (at least {100 * self.MIN_SHARE:.1f}% needed to fill balanced quotas): train the generator "
-                "longer" + (" or lower min_confidence" if self.min_confidence else "")
+                + f": filling its quota in a shard of {shard} would take {cost} (at most {self.ROUND_BUDGET}): "
+                "train the generator longer, use a smaller shard_size"
+                + (" or lower min_confidence" if self.min_confidence else "")
             )
         return shares
 
