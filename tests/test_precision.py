@@ -86,10 +86,11 @@ def test_accelerates_mixed_precision_is_honoured_for_auto_and_an_explicit_choice
 
 def test_a_launcher_setting_the_job_cannot_compute_in_is_said_on_the_first_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")  # accelerate itself accepts it
+    monkeypatch.setenv(precision.RATES_ENV, "fp32=1000,bf16=500")  # whichever way the suite is forced
     assert train(tmp_path / "run", "train.steps=1") == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "accelerate's mixed_precision=fp8 ignored: this job computes in bf16, fp16 or fp32" in first
-    assert "precision=fp32 (auto: fp32 1000 img/s, bf16 500 img/s" in first  # auto still measured (conftest)
+    assert "precision=fp32 (auto: fp32 1000 img/s, bf16 500 img/s" in first  # auto still decided
 
 
 class FakeMachine:
