@@ -392,6 +392,22 @@ class AugmentConfig:
 
 
 @dataclass
+class LongtailConfig:
+    # The long-tail question (job/evaluation/longtail.py): the training split cut to this
+    # profile (exp100, step:2,5,8@0.01; cut with data.profile_seed); a classifier trained on
+    # it alone, with class-balanced oversampling, with loss reweighting, and topped up to
+    # balance with the generator's digits (unfiltered, and filtered by the first one's own
+    # classifier). none skips it. Needs a class-conditional generator.
+    profile: str = "none"
+    # Repeats, each with its own initialisation, batch order and synthetic digits.
+    seeds: int = _bounded(3, min=1, max=100)
+    # Classifier training steps per arm (batch tstr.batch_size), the same for every arm.
+    steps: int = _bounded(1000, min=1, max=1_000_000)
+    # The filtered arm keeps digits its judge gives at least this probability of their class.
+    min_confidence: float = _bounded(0.9, min=0.0, max=1.0)
+
+
+@dataclass
 class EvaluateJob:
     """`job evaluate`: score a generator or a shard set against real data."""
 
@@ -411,6 +427,7 @@ class EvaluateJob:
     data: DataConfig = field(default_factory=DataConfig)
     tstr: TstrConfig = field(default_factory=TstrConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    longtail: LongtailConfig = field(default_factory=LongtailConfig)
     # Reference row: class-means (the per-class mean image of the real train split: the
     # seed project's method, as `train model.kind=mean` makes it), none, or the URI of a
     # class-conditional generator file to compare against (a trained mean model, an older GAN).
@@ -429,6 +446,13 @@ class EvaluateJob:
         check_data(self.data)
         if bool(self.generator) == bool(self.samples):
             raise BadInput("pass exactly one of generator=<run>/generator.safetensors or samples=<shard folder>")
+        if self.longtail.profile != "none":
+            from job.data.profiles import parse
+
+            parse(self.longtail.profile, "longtail.profile")
+            if self.samples:
+                raise BadInput("longtail.profile draws the digits each class lacks from a generator: pass "
+                               "generator=, not samples=")
 
 
 @dataclass

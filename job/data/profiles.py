@@ -32,6 +32,7 @@ class Profile:
 
     text: str
     kind: str  # "exp" | "step"
+    key: str = "data.profile"  # the key it was given as, named in errors
     ratio: float = 1.0
     classes: tuple[int, ...] = ()
     fraction: float = 1.0
@@ -43,10 +44,10 @@ class Profile:
         wanted = set(range(len(available))) if self.kind == "exp" else set(self.classes)
         outside = sorted(c for c in self.classes if c >= len(available))
         if outside:
-            raise BadInput(f"data.profile={self.text} names class {outside[0]}, but this dataset has classes "
+            raise BadInput(f"{self.key}={self.text} names class {outside[0]}, but this dataset has classes "
                            f"0-{len(available) - 1}")
         if missing and (self.kind == "exp" or wanted & set(missing) or len(missing) == len(available)):
-            raise BadInput(f"data.profile={self.text}: class {missing[0]} has no digits in this split, so the "
+            raise BadInput(f"{self.key}={self.text}: class {missing[0]} has no digits in this split, so the "
                            "profile cannot be cut from it")
         base = min(n for n in available if n > 0)
         last = max(len(available) - 1, 1)
@@ -65,8 +66,8 @@ class Profile:
         return torch.sort(torch.cat(kept)).values
 
 
-def parse(text: str) -> Profile | None:
-    """The Profile named by data.profile ('' or 'none': None). Anything else is BadInput."""
+def parse(text: str, key: str = "data.profile") -> Profile | None:
+    """The Profile named by `key` ('' or 'none': None). Anything else is BadInput."""
     text = text.strip()
     if text in ("", "none"):
         return None
@@ -74,14 +75,14 @@ def parse(text: str) -> Profile | None:
     if exp:
         ratio = float(exp.group(1))
         if ratio < 1:
-            raise BadInput(f"data.profile={text}: the imbalance ratio must be at least 1 (exp100: 100 to 1)")
-        return Profile(text, "exp", ratio=ratio)
+            raise BadInput(f"{key}={text}: the imbalance ratio must be at least 1 (exp100: 100 to 1)")
+        return Profile(text, "exp", key=key, ratio=ratio)
     step = re.fullmatch(r"step:(\d+(?:,\d+)*)@(\d*\.?\d+)", text)
     if step:
         classes = tuple(sorted({int(c) for c in step.group(1).split(",")}))
         fraction = float(step.group(2))
         if not 0 < fraction <= 1:
-            raise BadInput(f"data.profile={text}: the fraction after @ must be in (0, 1] (0.01: 1% of the digits)")
-        return Profile(text, "step", classes=classes, fraction=fraction)
-    raise BadInput(f"data.profile={text!r} is not a profile: use exp<ratio> (exp100) or step:<classes>@<fraction> "
+            raise BadInput(f"{key}={text}: the fraction after @ must be in (0, 1] (0.01: 1% of the digits)")
+        return Profile(text, "step", key=key, classes=classes, fraction=fraction)
+    raise BadInput(f"{key}={text!r} is not a profile: use exp<ratio> (exp100) or step:<classes>@<fraction> "
                    "(step:2,5,8@0.01), or none")
