@@ -82,14 +82,14 @@ def main() -> None:
                f"longtail.steps={args.steps}", f"longtail.min_confidence={args.min_confidence}", f"n={args.n}",
                f"tstr.n={args.n}", "baseline=none")
         lt = json.loads(report.read_text())["longtail"]
-        for arm, lift in lt["rare_lift"].items():
+        for lift in lt["rare_lift"].values():
             lift["target_met"] = lift["mean"] >= TARGET_POINTS and lift["mean"] - 2 * lift["std"] > 0
         rows[profile] = lt
         print(f"{profile}: rare classes {lt['rare_classes']}", flush=True)
         for arm, r in lt["arms"].items():
-            print(f"  {arm:20s} rare {100 * r['rare_accuracy']['mean']:6.2f} (± {100 * r['rare_accuracy']['std']:.2f})"
-                  f"  balanced {100 * r['balanced_accuracy']['mean']:6.2f}  accuracy {100 * r['accuracy']['mean']:6.2f}",
-                  flush=True)
+            rare = r["rare_accuracy"]
+            print(f"  {arm:20s} rare {100 * rare['mean']:6.2f} (± {100 * rare['std']:.2f})  balanced "
+                  f"{100 * r['balanced_accuracy']['mean']:6.2f}  accuracy {100 * r['accuracy']['mean']:6.2f}", flush=True)
         for arm, lift in lt["rare_lift"].items():
             print(f"  rare_lift {arm}: {lift['mean']:+.2f} points (± {lift['std']:.2f}) over {lift['over']}"
                   f"{'' if lift['target_met'] else '  (target not met)'}", flush=True)
