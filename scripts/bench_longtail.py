@@ -89,7 +89,8 @@ def main() -> None:
         for arm, r in lt["arms"].items():
             rare = r["rare_accuracy"]
             print(f"  {arm:20s} rare {100 * rare['mean']:6.2f} (± {100 * rare['std']:.2f})  balanced "
-                  f"{100 * r['balanced_accuracy']['mean']:6.2f}  accuracy {100 * r['accuracy']['mean']:6.2f}", flush=True)
+                  f"{100 * r['balanced_accuracy']['mean']:6.2f}  accuracy {100 * r['accuracy']['mean']:6.2f}",
+                  flush=True)
         for arm, lift in lt["rare_lift"].items():
             print(f"  rare_lift {arm}: {lift['mean']:+.2f} points (± {lift['std']:.2f}) over {lift['over']}"
                   f"{'' if lift['target_met'] else '  (target not met)'}", flush=True)
