@@ -71,6 +71,12 @@ class DataConfig:
     image_size: int | None = _bounded(None, min=8, max=512)
     # imagefolder: 1 (grey) or 3 (RGB); null: 1 when every image is greyscale, else 3.
     channels: int | None = _bounded(None, min=1, max=3)
+    # A long tail cut from the training split (test splits stay whole): none, exp<ratio>
+    # (exp100: class c keeps base x 100^(-c/9)) or step:<classes>@<fraction> (step:2,5,8@0.01);
+    # base is the smallest class's count (job/data/profiles.py).
+    profile: str = "none"
+    # Seed of which digits a long-tail profile keeps: the same seed, the same digits.
+    profile_seed: int = _bounded(0, min=0, max=2**63 - 1)
 
 
 @dataclass
@@ -206,6 +212,9 @@ class TrainJob:
 
 def check_data(data: DataConfig) -> None:
     from job.data.datasets import CATALOG  # the catalogue (imports torch); only once a config is checked
+    from job.data.profiles import parse
+
+    parse(data.profile)  # a bad profile is refused before anything is read or written
 
     if data.channels is not None and not CATALOG[data.name].image_folder:
         raise BadInput(f"data.channels is for data.name=imagefolder; {data.name} has fixed channels: set it to null")
@@ -304,12 +313,30 @@ class SampleJob:
     text: str | None = None
     texts: str = ""
     strings: StringsConfig = field(default_factory=StringsConfig)
+    # Top up a real labeled set: draw of each class exactly what brings it to balance_to
+    # (0: its largest class's count); count is then their sum and is left out. The set: a
+    # shard set (its manifest), a local image folder (<root>/<class>/<image>), or data: the
+    # training split data.* describes, data.profile included. Recorded in the manifest.
+    balance: str = ""
+    balance_to: int = _bounded(0, min=0, max=100_000_000)
+    # The real set of balance=data (its name, root, profile and profile_seed).
+    data: DataConfig = field(default_factory=DataConfig)
 
     def check(self) -> None:
         for key in ("generator", "out"):
             if not getattr(self, key):
                 raise BadInput(f"{key} is required: sample ... generator=<run>/generator.safetensors count=N out=<URI>")
-        if self.count == 0:
+        if self.balance:
+            if self.count:
+                raise BadInput("count= and balance= both set: balance= works out the count (what the real set lacks); "
+                               "leave count out")
+            from job.shardsets import layouts  # the layout table (imports torch)
+
+            if self.labels != "balanced" or layouts.named(self.layout).items_are_strings:
+                raise BadInput("balance= draws single digits of the classes the real set lacks: leave labels= and "
+                               "layout= at their defaults")
+            check_data(self.data)
+        elif self.count == 0:
             raise BadInput("count is required and must be >= 1, e.g. count=60000")
         from job.shardsets.formats import format_named  # the format table (imports torch)
 
@@ -365,6 +392,22 @@ class AugmentConfig:
 
 
 @dataclass
+class LongtailConfig:
+    # The long-tail question (job/evaluation/longtail.py): the training split cut to this
+    # profile (exp100, step:2,5,8@0.01; cut with data.profile_seed); a classifier trained on
+    # it alone, with class-balanced oversampling, with loss reweighting, and topped up to
+    # balance with the generator's digits (unfiltered, and filtered by the first one's own
+    # classifier). none skips it. Needs a class-conditional generator.
+    profile: str = "none"
+    # Repeats, each with its own initialisation, batch order and synthetic digits.
+    seeds: int = _bounded(3, min=1, max=100)
+    # Classifier training steps per arm (batch tstr.batch_size), the same for every arm.
+    steps: int = _bounded(1000, min=1, max=1_000_000)
+    # The filtered arm keeps digits its judge gives at least this probability of their class.
+    min_confidence: float = _bounded(0.9, min=0.0, max=1.0)
+
+
+@dataclass
 class EvaluateJob:
     """`job evaluate`: score a generator or a shard set against real data."""
 
@@ -384,6 +427,7 @@ class EvaluateJob:
     data: DataConfig = field(default_factory=DataConfig)
     tstr: TstrConfig = field(default_factory=TstrConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    longtail: LongtailConfig = field(default_factory=LongtailConfig)
     # Reference row: class-means (the per-class mean image of the real train split: the
     # seed project's method, as `train model.kind=mean` makes it), none, or the URI of a
     # class-conditional generator file to compare against (a trained mean model, an older GAN).
@@ -402,6 +446,13 @@ class EvaluateJob:
         check_data(self.data)
         if bool(self.generator) == bool(self.samples):
             raise BadInput("pass exactly one of generator=<run>/generator.safetensors or samples=<shard folder>")
+        if self.longtail.profile != "none":
+            from job.data.profiles import parse
+
+            parse(self.longtail.profile, "longtail.profile")
+            if self.samples:
+                raise BadInput("longtail.profile draws the digits each class lacks from a generator: pass "
+                               "generator=, not samples=")
 
 
 @dataclass
@@ -638,7 +689,7 @@ def load(command: str, config: str | None, overrides: list[str], complete: bool 
 
 
 # Keys a command cannot run without (alternatives joined by |); --print-config marks them.
-REQUIRED = {"sample": ("generator", "out", "count"), "evaluate": ("generator|samples",),
+REQUIRED = {"sample": ("generator", "out", "count|balance"), "evaluate": ("generator|samples",),
             "transform": ("inputs", "out")}
 
 

@@ -184,6 +184,16 @@ def image_folder_classes(root: str) -> list[str]:
     return _image_files(root)[1]
 
 
+def image_folder_class_counts(root: str) -> list[int]:
+    """How many visible files each class folder of <root>/<class>/... holds, in label order
+    (the class folders sorted, as ImageFolder numbers them); an empty class counts 0."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and _visible(e.name))
+    if not classes:
+        raise BadInput(f"{root} holds no class folders (<root>/<class>/<image>)")
+    return [sum(len([f for f in files if _visible(f)]) for _, _, files in os.walk(os.path.join(root, c)))
+            for c in classes]
+
+
 def _open_image(path: str):
     """A PIL image, or a BadInput naming the file: silently training on fewer images than
     the user put there is worse than stopping."""

@@ -9,6 +9,7 @@ transforms in the hot loop. Batches come from a per-epoch permutation that depen
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from job import storage
 from job.core import config
 from job.core.cache import cache_dir
 from job.core.errors import BadInput
-from job.data import datasets
+from job.data import datasets, profiles
 from job.data.staging import fetch
 
 # ----------------------------------------------------------------------------- loading
@@ -47,15 +48,33 @@ def staged(dataset: datasets.Dataset, root: str) -> Iterator[str]:
 
 
 def load_split(data_cfg: config.DataConfig, train: bool, device: torch.device | str = "cpu") -> Split:
-    """Load a whole split of `data_cfg` as tensors on `device`. Bad roots raise BadInput."""
+    """Load a whole split of `data_cfg` as tensors on `device`, the training split cut to
+    data.profile when one is set. Bad roots raise BadInput."""
+    split = _load_whole_split(data_cfg, train, device)
+    profile = profiles.parse(data_cfg.profile)
+    if profile is None or not train:
+        return split
+    kept = profile.select(split.labels, split.num_classes, data_cfg.profile_seed).to(split.images.device)
+    return Split(split.images[kept], split.labels[kept], split.num_classes)
+
+
+def _load_whole_split(data_cfg: config.DataConfig, train: bool, device: torch.device | str) -> Split:
     dataset = datasets.named(data_cfg.name)
     with staged(dataset, data_cfg.root) as root:
         if dataset.image_folder:
             return _load_image_folder(root, data_cfg, train, device)
         tv_root = datasets.torchvision_root(root, dataset, cache_dir())
+        # torchvision makes <root>/<Class>/raw before it downloads; a failed download must
+        # leave nothing behind (bad input writes nothing), so note what did not exist yet.
+        made = None  # the topmost folder of <root>/<Class> that is not there yet
+        path = os.path.abspath(os.path.join(tv_root, dataset.torchvision_class))
+        while not os.path.exists(path):
+            made, path = path, os.path.dirname(path)
         try:
             images, labels = datasets.read_torchvision(dataset, tv_root, train)
         except Exception as e:  # offline download failure, corrupt archive, missing scipy, ...
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
             first = str(e).splitlines()[0] if str(e) else ""
             raise BadInput(
                 f"{data_cfg.name} could not be loaded from data.root={data_cfg.root!r} ({type(e).__name__}: {first}); "

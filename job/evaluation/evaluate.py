@@ -35,7 +35,7 @@ from job.core import config, console, runtime, seeds
 from job.core.errors import BadInput
 from job.data import loading
 from job.data.digit_image import grid_png
-from job.evaluation import lift, quality
+from job.evaluation import lift, longtail, quality
 from job.models import scoring
 from job.sampling.generation import draw_inputs, generate, generation_precision
 from job.shardsets import layouts
@@ -162,6 +162,19 @@ def report_markdown(report: dict) -> str:
             f"lift {a['lift_points']['mean']:+.2f} points (± {a['lift_points']['std']:.2f}), {a['seeds']} seeds, "
             f"{a['steps']} classifier steps each.",
         ]
+    if report.get("longtail"):
+        lt = report["longtail"]
+        lines += ["", f"Long tail {lt['profile']} ({', '.join(map(str, lt['counts']))} real digits per class; rare: "
+                      f"classes {', '.join(map(str, lt['rare_classes']))}), {lt['seeds']} seeds, {lt['steps']} steps "
+                      "per arm, on the real test split:", "",
+                  "| arm | rare classes | balanced accuracy | accuracy |", "|---|---|---|---|"]
+        for arm, r in lt["arms"].items():
+            lines.append(" | ".join([f"| {arm}"] + [
+                f"{_fmt(r[key]['mean'], 2, True)} (± {_fmt(r[key]['std'], 2, True)})"
+                for key in ("rare_accuracy", "balanced_accuracy", "accuracy")]) + " |")
+        for arm, lift_ in lt["rare_lift"].items():
+            lines.append(f"\n{arm} on the rare classes: {lift_['mean']:+.2f} points (± {lift_['std']:.2f}) over "
+                         f"the best baseline ({lift_['over']}).")
     lines += [
         "",
         "FID is measured in the classifier's feature space against real train digits: the `real` row "
@@ -325,6 +338,9 @@ def evaluate_digits(cfg: config.EvaluateJob, manifest: dict | None, out: str, cl
     wanted = max(cfg.n, cfg.tstr.n, synthetic_count(cfg, classifier.num_classes))
     subject = _read_subject(cfg, classifier, manifest, wanted)
     _check_augment(cfg, subject, classifier.num_classes)
+    if cfg.longtail.profile != "none" and not subject.generator.num_classes:
+        raise BadInput(f"longtail.profile draws the digits each class lacks: {cfg.generator} is unconditional; "
+                       "use a class-conditional generator")
     baseline = _read_baseline(cfg, classifier)
 
     acc, precision = runtime.make_accelerator(
@@ -354,6 +370,12 @@ def evaluate_digits(cfg: config.EvaluateJob, manifest: dict | None, out: str, cl
     scorer = Scorer(cfg, classifier, classifier_info["kwargs"], train, test, device)
     rows = _score_rows(cfg, scorer, subject, baseline, train, test, device, precision.mode, say)
     augment = _augment(cfg, scorer, subject, say)
+    long_tail = None
+    if cfg.longtail.profile != "none":
+        lt = cfg.longtail
+        long_tail = longtail.ask(subject.generator, train, test, lt.profile, cfg.data.profile_seed,
+                                 scorer.classifier_kwargs, lt.steps, cfg.tstr.batch_size, cfg.seed, lt.seeds, device,
+                                 precision.mode, lt.min_confidence, say)
 
     # Phase 4: the report, its Markdown and a grid of the subject's digits.
     report = {
@@ -369,6 +391,7 @@ def evaluate_digits(cfg: config.EvaluateJob, manifest: dict | None, out: str, cl
         "generated_in": precision.name,  # the digits' precision; scoring is always fp32
         "rows": rows,
         "augment": augment,
+        "longtail": long_tail,
         "config": config.to_dict(cfg),
     }
     report["wall_s"] = round(time.perf_counter() - started, 1)

@@ -18,6 +18,7 @@ from job.core.precision import Precision
 from job.core.precision import choose as precision_choice
 from job.data import loading, strings
 from job.models import scoring
+from job.sampling import balance
 from job.shardsets import formats
 from job.shardsets.records import Plan
 
@@ -204,7 +205,11 @@ def shard_digits(G, plan: Plan, index: int, batch: int, device: torch.device,
     """((images, labels), digits drawn) of shard `index`: labels first, then the noise.
     labels=classifier: the labels are the quota `keep` (a ClassifierLabels) fills."""
     gen = shard_stream(plan, index)
-    labels = draw_labels(plan.shard_count(index), plan.num_classes, plan.labels, gen)
+    if plan.balance:  # the plan fixes every label of a balancing set
+        labels = balance.shard_labels(plan.balance["per_class"], plan.seed, index * plan.shard_size,
+                                      plan.shard_count(index))
+    else:
+        labels = draw_labels(plan.shard_count(index), plan.num_classes, plan.labels, gen)
     if plan.labels == "classifier":
         images, drawn = keep.fill(G, plan, labels, gen, index)
     else:

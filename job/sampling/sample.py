@@ -41,6 +41,7 @@ from job.core.preemption import Preempted, StopSignals
 from job.core.progress import progress_bar
 from job.data import strings
 from job.models import load_generator, scoring
+from job.sampling import balance
 from job.sampling.generation import ClassifierLabels, ConfidenceFilter, generation_precision
 from job.shardsets import layouts
 from job.shardsets.records import (
@@ -154,6 +155,11 @@ class _Inputs:
     texts_sha256: str
     classifier: torch.nn.Module | None  # the judge of min_confidence
     classifier_sha256: str
+    balance: dict | None = None  # balance=: what the real set has and what is drawn (job/sampling/balance.py)
+
+    @property
+    def count(self) -> int:
+        return sum(self.balance["per_class"]) if self.balance else 0
 
 
 def _read_inputs(cfg: config.SampleJob) -> _Inputs:
@@ -169,7 +175,16 @@ def _read_inputs(cfg: config.SampleJob) -> _Inputs:
     classifier, classifier_sha256 = None, ""
     if cfg.min_confidence > 0 or cfg.labels == "classifier":
         classifier, classifier_sha256 = _judge_classifier(cfg, G)
-    return _Inputs(G, info, storage.sha256(raw), texts, texts_sha256, classifier, classifier_sha256)
+    plan_balance = None
+    if cfg.balance:
+        if not G.num_classes:
+            raise BadInput(f"balance= draws digits of chosen classes: {cfg.generator} is unconditional; "
+                           "use a class-conditional generator (model.conditional=true)")
+        have, where = balance.real_counts(cfg)
+        need = balance.top_up(have, cfg.balance_to, G.num_classes, where)
+        plan_balance = {"source": cfg.balance if cfg.balance != "data" else where, "have": have,
+                        "target": cfg.balance_to or max(have), "per_class": need}
+    return _Inputs(G, info, storage.sha256(raw), texts, texts_sha256, classifier, classifier_sha256, plan_balance)
 
 
 def _wait_for_plan(cfg: config.SampleJob, pod: int) -> dict | None:
@@ -204,13 +219,14 @@ def _make_plan(cfg: config.SampleJob, inputs: _Inputs, acc, pod: int) -> tuple[P
     precision.apply()
     G = inputs.generator
     plan = Plan(
-        generator_sha256=inputs.sha256, generator_info=inputs.info, count=cfg.count, shard_size=cfg.shard_size,
+        generator_sha256=inputs.sha256, generator_info=inputs.info, count=cfg.count or inputs.count,
+        shard_size=cfg.shard_size,
         format=cfg.format, labels=cfg.labels, seed=cfg.seed, precision=precision.mode,
         num_classes=inputs.classifier.num_classes if cfg.labels == "classifier" else G.num_classes,
         image_shape=list(G.output_shape),
         min_confidence=cfg.min_confidence, classifier_sha256=inputs.classifier_sha256,
         layout=cfg.layout, strings=layouts.named(cfg.layout).settings(cfg),
-        text=cfg.text, texts_sha256=inputs.texts_sha256, device=acc.device.type,
+        text=cfg.text, texts_sha256=inputs.texts_sha256, device=acc.device.type, balance=inputs.balance,
     )
     return plan, precision, check_plan(cfg.out, plan, recorded)
 
@@ -272,6 +288,11 @@ def main(cfg: config.SampleJob) -> int:
     # Worker ids: Indexed Job pods x accelerate processes, no rendezvous between pods.
     worker, workers = pod * acc.num_processes + acc.process_index, pods * acc.num_processes
     console.say0(acc, f"{runtime.describe(acc, precision)}")
+    if plan.balance:
+        b = plan.balance
+        console.say0(acc, f"balance: {b['source']} has {', '.join(map(str, b['have']))} digits of classes "
+                          f"0-{len(b['have']) - 1}; drawing {', '.join(map(str, b['per_class']))} to bring each "
+                          f"to {b['target']:,}")
     unit = layouts.named(plan.layout).unit
     console.say0(acc, f"{console.count(plan.count, unit)} in {console.count(plan.num_shards, f'{plan.format} shard')} "
                         f"to {cfg.out} ({console.count(workers, 'worker')})")

@@ -50,6 +50,9 @@ class Plan:
     # The bytes depend on the device kind (CPU and GPU kernels round differently), not on
     # batch_size or the number of workers (tests/test_precision.py shows both).
     device: str = "cpu"
+    # balance=: {"source", "have", "target", "per_class"}; its per_class counts fix the labels
+    # (job/sampling/balance.py). None for every other set.
+    balance: dict | None = None
 
     @property
     def num_shards(self) -> int:
@@ -123,6 +126,7 @@ def write_manifest_if_complete(out: str, plan: Plan, cfg: config.SampleJob) -> d
         "labeled": plan.labeled,
         "labels": plan.labels if plan.labeled else "none (unconditional generator: label -1)",
         "label_histogram": histogram,
+        **({"balance": plan.balance} if plan.balance else {}),
         "base_seed": plan.seed,
         "precision": plan.precision,
         "min_confidence": plan.min_confidence,

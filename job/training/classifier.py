@@ -92,24 +92,38 @@ def fit(
     augment: bool = True,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    balanced_batches: bool = False,
+    class_weights: torch.Tensor | None = None,
 ):
     """Train a fresh classifier on uint8 `images` [N, C, H, W] and `labels` with the
-    project's recipe, in this process. Returns the model in eval mode."""
+    project's recipe, in this process. Returns the model in eval mode. For a long tail:
+    balanced_batches draws every batch class-balanced (oversampling, with replacement; the
+    recipe's jitter makes the repeats differ), class_weights weighs the loss per class."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model("classifier", ARCH, kwargs).to(device=device, memory_format=torch.channels_last)
     opt = adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     precision = Precision("no", device.type)
     scaler = precision.scaler()
-    batches = loading.EpochBatches(len(images), min(batch_size, len(images)), 0, 1, seed, "cpu")
+    batch = min(batch_size, len(images))
+    batches = loading.EpochBatches(len(images), batch, 0, 1, seed, "cpu")
+    per_item = None
+    if balanced_batches:  # every class equally likely, each digit equally likely within its class
+        counts = torch.bincount(labels.cpu())
+        per_item = (1.0 / counts.clamp(min=1).double())[labels.cpu()]
+    weights = class_weights.to(device) if class_weights is not None else None
     noise = torch.Generator(device=device)
     model.train()
     for step in range(steps):
-        idx = batches.indices(step)
+        if per_item is None:
+            idx = batches.indices(step)
+        else:
+            draw = torch.Generator().manual_seed(seeds.stream_seed(seed, step, 0xBA1))
+            idx = torch.multinomial(per_item, batch, replacement=True, generator=draw)
         x = loading.to_model_input(images[idx].to(device), kwargs["image_size"], channels_last=False)
         if augment:
             x = random_affine(x, noise.manual_seed(seeds.stream_seed(seed, step)))
         x = x.contiguous(memory_format=torch.channels_last)
         classifier_step(model, opt, scaler, precision, x, labels[idx].to(device),
-                        warmup_cosine_lr(step, steps, lr))
+                        warmup_cosine_lr(step, steps, lr), weights)
     return model.eval()

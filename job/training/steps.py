@@ -99,11 +99,13 @@ def classifier_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     lr: float,
+    class_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One cross-entropy update at learning rate `lr` (the schedule is the caller's)."""
+    """One cross-entropy update at learning rate `lr` (the schedule is the caller's);
+    `class_weights` weighs each class's loss (loss reweighting for a long tail)."""
     with precision.autocast():
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, weight=class_weights)
     _descend(opt, scaler, loss, lr)
     return {
         "loss": loss.detach().float(),

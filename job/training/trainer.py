@@ -90,6 +90,11 @@ class Trainer:
 
         split = loading.load_split(cfg.data, train=True, device=self.device)
         self.images, self.labels, self.dataset_classes = split.images, split.labels, split.num_classes
+        if cfg.data.profile != "none":
+            per_class = torch.bincount(split.labels.cpu(), minlength=split.num_classes).tolist()
+            console.say0(acc, f"data.profile={cfg.data.profile} (seed {cfg.data.profile_seed}): "
+                              f"{', '.join(map(str, per_class))} digits of classes 0-{split.num_classes - 1} "
+                              f"({len(split.labels):,} in all)")
         self.channels = split.images.shape[1]
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
