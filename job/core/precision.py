@@ -286,7 +286,7 @@ def _measure_and_store(probe, items: int, full_key: dict, path: Path, why_again:
     found = injected or measure(probe, items)
     mode, why = decide(found)
     result = {"key": full_key, "rates": found.rates, "mode": mode, "why": why, "rounds": found.rounds,
-              "injected": injected is not None,
+              "injected": injected is not None, "bf16_failed": found.failed is not None,
               "seconds": round(time.perf_counter() - started, 2), "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
               "measured_at": time.time(), "again": why_again}
     if found.stable and not found.failed:  # an unsure or failed measurement is made again next time
@@ -343,8 +343,7 @@ def _explained(result: dict, device_type: str) -> Precision:
         how = f"measured now in {result.get('seconds', 0):.1f} s, {result.get('rounds', 0)} rounds"
         if result.get("again"):
             how += f", again because {result['again']}"
-    bf16 = "failed" if result.get("why", "").startswith(("the bf16 probe failed", f"{RATES_ENV} says")) \
-        else f"{rates['bf16']:.0f} img/s"
+    bf16 = "failed" if result.get("bf16_failed") else f"{rates['bf16']:.0f} img/s"
     reason = f"auto: fp32 {rates['no']:.0f} img/s, bf16 {bf16} on {result['key']['cpu']}, {how}"
     if result.get("why"):
         reason += f"; {result['why']}: fp32"

@@ -46,7 +46,7 @@ class Profile:
         if outside:
             raise BadInput(f"{self.key}={self.text} names class {outside[0]}, but this dataset has classes "
                            f"0-{len(available) - 1}")
-        if missing and (self.kind == "exp" or wanted & set(missing) or len(missing) == len(available)):
+        if missing and (wanted & set(missing) or len(missing) == len(available)):
             raise BadInput(f"{self.key}={self.text}: class {missing[0]} has no digits in this split, so the "
                            "profile cannot be cut from it")
         base = min(n for n in available if n > 0)

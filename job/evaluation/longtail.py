@@ -30,7 +30,7 @@ from job.data import loading, profiles
 from job.evaluation.lift import spread
 from job.models import scoring
 from job.sampling import balance
-from job.sampling.generation import ConfidenceFilter, generate
+from job.sampling.generation import ConfidenceFilter, draw_filtered
 from job.training.classifier import fit
 
 ARMS = ("real", "oversampled", "reweighted", "synthetic", "synthetic_filtered")
@@ -56,32 +56,17 @@ def top_up_digits(G, need: list[int], seed: int, batch: int, device, precision_m
     judge, digits it does not recognize are redrawn, and those still refused dropped."""
     labels = balance.shard_labels(need, seed, 0, sum(need))
     gen = torch.Generator().manual_seed(seeds.stream_seed(seed, 0x1A11))
-    images = generate(G, torch.randn(len(labels), G.latent_dim, generator=gen), labels, batch, device,
-                      precision_mode).clone()
-    if judge is None:
-        return images, labels, 1.0
-    keep = ConfidenceFilter(judge, min_confidence, batch, device)
-    drawn, pending = len(labels), torch.nonzero(~keep.accepts(images, labels)).flatten()
-    for _ in range(FILTER_ROUNDS):
-        if not len(pending):
-            break
-        z = torch.randn(len(pending), G.latent_dim, generator=gen)
-        candidates = generate(G, z, labels[pending], batch, device, precision_mode)
-        drawn += len(pending)
-        ok = keep.accepts(candidates, labels[pending])
-        images[pending[ok]] = candidates[ok]
-        pending = pending[~ok]
+    keep = ConfidenceFilter(judge, min_confidence, batch, device) if judge is not None else None
+    images, pending, drawn = draw_filtered(G, labels, gen, batch, device, precision_mode, keep, FILTER_ROUNDS)
     kept = torch.ones(len(labels), dtype=torch.bool)
     kept[pending] = False
-    return images[kept], labels[kept], int(kept.sum()) / drawn
+    return images[kept].clone(), labels[kept], int(kept.sum()) / drawn
 
 
-def one_seed(G, real: loading.Split, test: loading.Split, kwargs: dict, steps: int, batch_size: int, seed: int,
-             device, precision_mode: str, min_confidence: float) -> dict:
+def one_seed(G, real: loading.Split, counts: list[int], need: list[int], test: loading.Split, kwargs: dict,
+             steps: int, batch_size: int, seed: int, device, precision_mode: str, min_confidence: float) -> dict:
     """Every arm's per-class test accuracy for one seed (its initialisation, batch order and
-    synthetic digits)."""
-    counts = torch.bincount(real.labels.cpu(), minlength=real.num_classes).tolist()
-    need = balance.top_up(counts, 0, real.num_classes, "the long-tailed set")
+    synthetic digits); `counts` are the real set's digits per class, `need` what tops it up."""
     common = {"steps": steps, "batch_size": batch_size, "seed": seed, "device": device}
     models = {"real": fit(real.images, real.labels, kwargs, **common),
               "oversampled": fit(real.images, real.labels, kwargs, balanced_batches=True, **common)}
@@ -132,7 +117,8 @@ def ask(G, train: loading.Split, test: loading.Split, profile_text: str, profile
     counts = torch.bincount(real.labels.cpu(), minlength=real.num_classes).tolist()
     say(f"long tail {profile_text}: {', '.join(map(str, counts))} real digits per class; 5 arms x {seeds_} seeds, "
         f"{steps} steps each")
-    per_seed = [one_seed(G, real, test, kwargs, steps, batch_size, seed, device, precision_mode, min_confidence)
-                for seed in range(first_seed, first_seed + seeds_)]
+    need = balance.top_up(counts, 0, real.num_classes, "the long-tailed set")
+    per_seed = [one_seed(G, real, counts, need, test, kwargs, steps, batch_size, seed, device, precision_mode,
+                         min_confidence) for seed in range(first_seed, first_seed + seeds_)]
     return {"profile": profile_text, "profile_seed": profile_seed, "counts": counts, "steps": steps,
             "seeds": seeds_, "min_confidence": min_confidence, **summarize(per_seed, counts, test.labels)}

@@ -174,26 +174,36 @@ class ClassifierLabels:
 
 
 @torch.inference_mode()  # generate() returns inference tensors; redraws write into them
-def digits_for(G, plan: Plan, labels: torch.Tensor, gen: torch.Generator, batch: int, device: torch.device,
-               keep: ConfidenceFilter | None, index: int) -> tuple[torch.Tensor, int]:
-    """(images, digits drawn) for `labels`, noise from `gen`. With a filter, the digits it
-    rejects are redrawn round by round from the same stream (same labels, new noise), so the
-    result depends only on the plan, never on timing or on the number of workers."""
+def draw_filtered(G, labels: torch.Tensor, gen: torch.Generator, batch: int, device: torch.device, precision: str,
+                  keep: ConfidenceFilter | None, rounds: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(images, indices the filter still rejects, digits drawn) for `labels`, noise from `gen`.
+    With a filter, the digits it rejects are redrawn round by round from the same stream (same
+    labels, new noise), at most `rounds` times, so the result depends only on the stream."""
     z = torch.randn(len(labels), G.latent_dim, generator=gen)
-    images = generate(G, z, labels, batch, device, plan.precision)
+    images = generate(G, z, labels, batch, device, precision)
     drawn = len(labels)
     if keep is None:
-        return images, drawn
+        return images, torch.zeros(0, dtype=torch.int64), drawn
     pending = torch.nonzero(~keep.accepts(images, labels)).flatten()
-    for _ in range(keep.MAX_ROUNDS):
+    for _ in range(rounds):
         if len(pending) == 0:
-            return images, drawn
+            break
         z = torch.randn(len(pending), G.latent_dim, generator=gen)
-        candidates = generate(G, z, labels[pending], batch, device, plan.precision)
+        candidates = generate(G, z, labels[pending], batch, device, precision)
         drawn += len(pending)
         ok = keep.accepts(candidates, labels[pending])
         images[pending[ok]] = candidates[ok]
         pending = pending[~ok]
+    return images, pending, drawn
+
+
+def digits_for(G, plan: Plan, labels: torch.Tensor, gen: torch.Generator, batch: int, device: torch.device,
+               keep: ConfidenceFilter | None, index: int) -> tuple[torch.Tensor, int]:
+    """(images, digits drawn) for `labels`, noise from `gen`, every digit passing the filter
+    (draw_filtered), so the result depends only on the plan, never on timing or on the
+    number of workers."""
+    images, pending, drawn = draw_filtered(G, labels, gen, batch, device, plan.precision, keep,
+                                           keep.MAX_ROUNDS if keep is not None else 0)
     if len(pending):
         raise BadInput(f"shard {index}: {len(pending)} digits still below min_confidence={keep.min_confidence} "
                        f"after {keep.MAX_ROUNDS} redraws: lower it (finished shards are kept)")
